@@ -1,0 +1,49 @@
+"""autoprompt: find the best prompt for your LM with DSPy optimizers and Optuna trials.
+
+Example:
+    >>> import autoprompt
+    >>> task = autoprompt.load_task("tasks/sentiment.py")          # doctest: +SKIP
+    >>> result = autoprompt.optimize(task, lm="local", seed=0)      # doctest: +SKIP
+    >>> result.baseline_score, result.best_score                    # doctest: +SKIP
+    >>> result.evaluate("test")                                     # doctest: +SKIP
+"""
+
+from autoprompt._exceptions import (
+    AutopromptError,
+    AutopromptWarning,
+    BudgetExhausted,
+    DataError,
+    ExportError,
+    LMError,
+    RunError,
+    TaskError,
+)
+from autoprompt._version import __version__
+from autoprompt.export import export_prompt, load_prompt, render_messages
+from autoprompt.lms import build_lm
+from autoprompt.run import Result, configure_cache, optimize
+from autoprompt.task import Task, exact_match, load_task
+from autoprompt.usage import Budget
+
+__all__ = [
+    "AutopromptError",
+    "AutopromptWarning",
+    "Budget",
+    "BudgetExhausted",
+    "DataError",
+    "ExportError",
+    "LMError",
+    "Result",
+    "RunError",
+    "Task",
+    "TaskError",
+    "__version__",
+    "build_lm",
+    "configure_cache",
+    "exact_match",
+    "export_prompt",
+    "load_prompt",
+    "load_task",
+    "optimize",
+    "render_messages",
+]

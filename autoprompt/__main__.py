@@ -1,0 +1,3 @@
+from autoprompt.cli import main
+import sys
+sys.exit(main())

@@ -1,0 +1,66 @@
+"""The exceptions autoprompt raises.
+
+Every error names what was wrong (file, field, value) and how to fix it.
+
+    AutopromptError
+     +-- TaskError          a task module, its data or its metric is unusable
+     |    +-- DataError     a split could not be loaded or is malformed
+     +-- LMError            the LM could not be built or reached (``retryable`` says if a retry helps)
+     +-- BudgetExhausted    a cap on LM calls was reached; the run keeps its best so far
+     +-- ExportError        an exported file cannot be written or read back
+     +-- RunError           a run directory is missing or incomplete
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AutopromptError",
+    "AutopromptWarning",
+    "BudgetExhausted",
+    "DataError",
+    "ExportError",
+    "LMError",
+    "RunError",
+    "TaskError",
+]
+
+
+class AutopromptError(Exception):
+    """Root of every error autoprompt raises on purpose."""
+
+
+class AutopromptWarning(UserWarning):
+    """Something worked, but not as the user probably expected."""
+
+
+class TaskError(AutopromptError):
+    """A task module, its splits, or its metric cannot be used."""
+
+
+class DataError(TaskError):
+    """A data split could not be loaded, or its rows lack a required field."""
+
+
+class LMError(AutopromptError):
+    """The LM could not be built or did not answer.
+
+    Args:
+        message: what happened and what to do.
+        retryable: whether running the same thing again may succeed.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class BudgetExhausted(AutopromptError):
+    """The LM-call budget of a run is spent."""
+
+
+class ExportError(AutopromptError):
+    """An export cannot be written, or a file cannot be loaded back."""
+
+
+class RunError(AutopromptError):
+    """A run directory is missing, or lacks a file a command needs."""

@@ -1,0 +1,206 @@
+"""The ``autoprompt`` command: a thin shell over the library.
+
+    autoprompt optimize tasks/sentiment.py [--optimizer optuna] [--lm local] [--max-calls N] ...
+    autoprompt export RUN --format json|messages|text [-o FILE]
+    autoprompt evaluate tasks/sentiment.py --prompt RUN/prompt.json --split test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["main"]
+
+
+def _kv(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or ():
+        if "=" not in item:
+            raise SystemExit(f"autoprompt: {flag} takes key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _pct(result: Any, which: str, split: str) -> str:
+    ev = result.evaluations.get((which, split))
+    if ev is None:
+        return "-"
+    extra = f" ({ev.parse_failures} unparsed)" if ev.parse_failures else ""
+    return f"{100 * ev.score:.1f}% of {ev.n}{extra}"
+
+
+def summary_table(result: Any) -> str:
+    """The final table: baseline vs optimized on dev and test, LM calls, tokens, wall time."""
+    rows = [["program", "dev", "test"]]
+    for which in ("baseline", "optimized"):
+        rows.append([which, _pct(result, which, "dev"), _pct(result, which, "test")])
+    usage = result.usage
+    lines = [
+        _table(rows),
+        "",
+        f"optimizer {result.optimizer.name}: {usage.get('lm_calls', 0)} LM calls, {usage.get('tokens', 0)} tokens, "
+        f"{usage.get('optimize_seconds', 0):.0f} s"
+        + (f" (stopped: budget spent, {usage['budget_exhausted']})" if usage.get("budget_exhausted") else ""),
+        f"whole run: {result.seconds:.0f} s wall time; run directory: {result.run_dir}",
+    ]
+    return "\n".join(lines)
+
+
+def _cmd_optimize(args: argparse.Namespace) -> int:
+    import autoprompt
+
+    task_options = _kv(args.task_option, "--task-option")
+    task = autoprompt.load_task(args.task, **task_options)
+    budget = autoprompt.Budget(max_calls=args.max_calls, max_tokens=args.max_tokens, max_seconds=args.max_seconds)
+    lm: Any = args.lm
+    if args.api_base:
+        import dspy
+
+        lm = dspy.LM(args.lm, api_base=args.api_base, api_key=args.api_key or "none", max_tokens=512, temperature=0.0)
+    result = autoprompt.optimize(
+        task,
+        lm=lm,
+        optimizer=args.optimizer,
+        seed=args.seed,
+        budget=budget,
+        proposer_lm=args.proposer_lm,
+        run_dir=args.run_dir,
+        runs_root=args.runs_root,
+        resume=args.resume,
+        cache_dir=args.cache_dir,
+        train_limit=args.train_limit,
+        dev_limit=args.dev_limit,
+        test_limit=args.test_limit,
+        progress=not args.no_progress,
+        task_options=task_options,
+        **_kv(args.option, "--option"),
+    )
+    if not args.no_test and task.sources["test"] is not None:
+        result.evaluate("test", which="baseline", progress=not args.no_progress)
+        result.evaluate("test", which="optimized", progress=not args.no_progress)
+        result.save_program()
+    print(summary_table(result))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from autoprompt._exceptions import RunError
+    from autoprompt.export import EXPORTERS, export_prompt
+
+    source = Path(args.run)
+    if source.is_dir():
+        source = source / "prompt.json"
+        if not source.is_file():
+            raise RunError(f"{args.run} has no prompt.json: the run did not finish its optimization step")
+    if args.output is None:
+        text = EXPORTERS[args.format]().render(__import__("autoprompt").export.read_prompt(source))
+        sys.stdout.write(text)
+        return 0
+    path = export_prompt(source, args.output, format=args.format)
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import dspy
+
+    import autoprompt
+    from autoprompt.evaluate import evaluate_program
+
+    task = autoprompt.load_task(args.task, **_kv(args.task_option, "--task-option"))
+    program = autoprompt.load_prompt(args.prompt, task) if args.prompt else task.make_program()
+    if args.cache_dir:
+        autoprompt.configure_cache(args.cache_dir)
+    with dspy.context(lm=autoprompt.build_lm(args.lm), adapter=dspy.JSONAdapter()):
+        ev = evaluate_program(program, task, args.split, limit=args.limit, progress=not args.no_progress)
+    print(json.dumps(ev.to_dict(), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from autoprompt._version import __version__
+    from autoprompt.optimizers import OPTIMIZERS
+
+    parser = argparse.ArgumentParser(prog="autoprompt", description="Automated prompt optimization.")
+    parser.add_argument("--version", action="version", version=f"autoprompt {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level on stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("optimize", help="optimize a task's prompt; prints baseline vs optimized scores")
+    p.add_argument("task", help="a task module, e.g. tasks/sentiment.py")
+    p.add_argument("--optimizer", default="optuna", choices=sorted(OPTIMIZERS))
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="optimizer option, e.g. n_trials=8")
+    p.add_argument("--task-option", action="append", metavar="KEY=VALUE", help="passed to the task's make_task()")
+    p.add_argument("--lm", default="local", help="'local' (embedded SmolLM2-135M) or a LiteLLM model string")
+    p.add_argument("--api-base", help="base URL of an OpenAI-compatible server (with --lm openai/<model>)")
+    p.add_argument("--api-key", help="API key for --api-base (never written to run files)")
+    p.add_argument("--proposer-lm", help="a stronger LM for proposing instructions and bootstrapping demos")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-calls", type=int, help="cap on LM calls of the optimization step")
+    p.add_argument("--max-tokens", type=int, help="cap on tokens of the optimization step")
+    p.add_argument("--max-seconds", type=float, help="cap on wall time of the optimization step")
+    p.add_argument("--train-limit", type=int)
+    p.add_argument("--dev-limit", type=int)
+    p.add_argument("--test-limit", type=int)
+    p.add_argument("--run-dir", help="the run directory (default: runs/<task>-<time>-s<seed>)")
+    p.add_argument("--runs-root", default="runs")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    p.add_argument("--cache-dir", help="DSPy's LM response cache directory")
+    p.add_argument("--no-test", action="store_true", help="do not score the test split")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_optimize)
+
+    p = sub.add_parser("export", help="write a run's best prompt as json, chat messages or text")
+    p.add_argument("run", help="a run directory (or a prompt.json)")
+    p.add_argument("--format", default="json", choices=["json", "messages", "text"])
+    p.add_argument("-o", "--output", help="file to write (default: standard output)")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("evaluate", help="score a task's program, or an exported prompt, on a split")
+    p.add_argument("task")
+    p.add_argument("--prompt", help="a prompt.json to load into the program")
+    p.add_argument("--split", default="dev", choices=["train", "dev", "test"])
+    p.add_argument("--limit", type=int)
+    p.add_argument("--lm", default="local")
+    p.add_argument("--task-option", action="append", metavar="KEY=VALUE")
+    p.add_argument("--cache-dir")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``autoprompt`` command; returns the exit code."""
+    from autoprompt._exceptions import AutopromptError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except AutopromptError as exc:
+        print(f"autoprompt: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("autoprompt: interrupted; what was computed is in the run directory", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

