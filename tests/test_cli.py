@@ -1,0 +1,47 @@
+"""The command line, run as a user runs it: a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from .conftest import TASKS
+
+
+def cli(*args, env_extra=None, cwd=None):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "autoprompt", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=900)
+
+
+def test_optimize_export_evaluate(tmp_path):
+    env = {"AUTOPROMPT_DATA_DIR": str(tmp_path / "none"), "AUTOPROMPT_CACHE_DIR": str(tmp_path / "cache")}
+    run = tmp_path / "run"
+    out = cli("optimize", TASKS / "sentiment.py", "--optimizer", "labeled", "--option", "k=2", "--dev-limit", 5,
+              "--test-limit", 4, "--run-dir", run, "--no-progress", env_extra=env)
+    assert out.returncode == 0, out.stderr
+    assert "baseline" in out.stdout and "optimized" in out.stdout and "LM calls" in out.stdout
+    scores = json.loads((run / "scores.json").read_text())["scores"]
+    assert scores["optimized"]["test"]["n"] == 4
+    for fmt, name in (("json", "p.json"), ("messages", "p.messages.json"), ("text", "p.txt")):
+        done = cli("export", run, "--format", fmt, "-o", tmp_path / name)
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / name).stat().st_size > 100
+    assert "{{text}}" in (tmp_path / "p.txt").read_text()
+    evaluated = cli("evaluate", TASKS / "sentiment.py", "--prompt", tmp_path / "p.json", "--split", "dev",
+                    "--limit", 5, "--no-progress", env_extra=env)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["score"] == scores["optimized"]["dev"]["score"]
+
+
+def test_errors_are_one_clear_line(tmp_path):
+    bad = tmp_path / "bad_task.py"
+    bad.write_text("x = 1\n")
+    out = cli("optimize", bad, "--run-dir", tmp_path / "r")
+    assert out.returncode == 2
+    assert "autoprompt: error:" in out.stderr and "does not define a task" in out.stderr
+    assert "Traceback" not in out.stderr
+    missing = cli("export", tmp_path, "--format", "json")
+    assert missing.returncode == 2 and "has no prompt.json" in missing.stderr
