@@ -104,16 +104,81 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from autoprompt.export import EXPORTERS, export_prompt
 
     source = Path(args.run)
-    if source.is_dir():
+    if args.trial is not None:
+        from autoprompt.export import prompt_document
+        from autoprompt.report import trial_program
+
+        task, program = trial_program(source, args.trial)
+        source = prompt_document(program, task=task, meta={"trial": args.trial})
+    elif source.is_dir():
         source = source / "prompt.json"
         if not source.is_file():
             raise RunError(f"{args.run} has no prompt.json: the run did not finish its optimization step")
     if args.output is None:
-        text = EXPORTERS[args.format]().render(__import__("autoprompt").export.read_prompt(source))
+        from autoprompt.export import read_prompt
+
+        text = EXPORTERS[args.format]().render(read_prompt(source))
         sys.stdout.write(text)
         return 0
     path = export_prompt(source, args.output, format=args.format)
     print(f"wrote {path}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from autoprompt.report import open_study, trial_rows, write_plots
+
+    study = open_study(args.run)
+    rows = [["trial", "state", "score", "prompt tok", "examples", "LM calls", "tokens", "s", "params"]]
+    for r in trial_rows(study):
+        score = "-" if r["score"] is None else f"{100 * r['score']:.1f}%"
+        params = " ".join(f"{k.split('.')[-1]}={v}" for k, v in r["params"].items())
+        rows.append([str(r["trial"]), r["state"], score, str(r["prompt_tokens"] or "-"), str(r["examples"] or "-"),
+                     str(r["lm_calls"] if r["lm_calls"] is not None else "-"), str(r["tokens"] or "-"),
+                     str(r["seconds"] or "-"), params])
+    print(_table(rows))
+    if len(study.directions) > 1:
+        front = sorted(t.number for t in study.best_trials)
+        print(f"\nPareto front (score vs prompt tokens): trials {front}; export one with "
+              f"autoprompt export {args.run} --trial N")
+    written = write_plots(study, Path(args.out or args.run))
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    import dspy
+
+    import autoprompt
+    from autoprompt.optimizers import Context, OptunaSearch
+    from autoprompt.report import load_config
+    from autoprompt.usage import Budget, Meter
+
+    config = load_config(args.run)
+    if config["optimizer"]["name"] != "optuna":
+        raise autoprompt.RunError(f"{args.run} ran optimizer {config['optimizer']['name']!r}; workers join optuna runs")
+    options = dict(config["optimizer"]["options"])
+    options["minibatches"] = tuple(options.get("minibatches", ()))
+    options["temperatures"] = tuple(options.get("temperatures", (0.0,)))
+    options["storage"] = options.get("storage") or f"sqlite:///{Path(args.run) / 'study.db'}"
+    optimizer = OptunaSearch(**options)
+    task = autoprompt.load_task(config["task"]["source"], **config["task"].get("options", {}))
+    lm_spec = args.lm or config.get("lm_spec")
+    if lm_spec is None:
+        raise autoprompt.RunError("the run's LM was an object; name it with --lm")
+    if args.cache_dir:
+        autoprompt.configure_cache(args.cache_dir)
+    lm = autoprompt.build_lm(lm_spec)
+    limits = config["limits"]
+    meter = Meter(Budget(**config["budget"]))
+    context = Context(trainset=task.examples("train", limit=limits["train"]),
+                      devset=task.examples("dev", limit=limits["dev"]), seed=config["seed"],
+                      run_dir=Path(args.run), meter=meter, progress=not args.no_progress, worker=args.worker)
+    meter.enforcing = True
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter(), usage_tracker=meter):
+        study = optimizer.run_trials(task.make_program(), task, context)
+    print(f"worker {args.worker}: {meter.calls} LM calls; the study now has {len(study.trials)} trials")
     return 0
 
 
@@ -170,7 +235,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="a run directory (or a prompt.json)")
     p.add_argument("--format", default="json", choices=["json", "messages", "text"])
     p.add_argument("-o", "--output", help="file to write (default: standard output)")
+    p.add_argument("--trial", type=int, help="export this trial of the run's study (e.g. a Pareto-front point)")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("report", help="print a run's trial table and write PNG plots")
+    p.add_argument("run")
+    p.add_argument("--out", help="folder for the PNG files (default: the run directory)")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("worker", help="join a run's Optuna study and run trials (several may run at once)")
+    p.add_argument("run")
+    p.add_argument("--worker", type=int, default=1, help="this worker's number (seeds its sampler)")
+    p.add_argument("--lm", help="the LM, if the run's was given as an object")
+    p.add_argument("--cache-dir")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_worker)
 
     p = sub.add_parser("evaluate", help="score a task's program, or an exported prompt, on a split")
     p.add_argument("task")

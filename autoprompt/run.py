@@ -255,6 +255,7 @@ def optimize(
         "dspy_version": dspy.__version__,
         "task": {"name": task.name, "source": task.source, "options": task_options or {}},
         "lm": describe_lm(dspy_lm),
+        "lm_spec": lm if isinstance(lm, str) or lm is None else None,
         "proposer_lm": describe_lm(proposer) if proposer is not None else None,
         "optimizer": {"name": opt.name, "options": opt.options()},
         "seed": seed,

@@ -53,7 +53,8 @@ class LlamaCppEngine(BaseEngine):
         model_path: the GGUF file (default: the embedded SmolLM2-135M-Instruct).
         lora_path: optional llama.cpp LoRA adapter (GGUF) applied on top.
         n_ctx: context window in tokens.
-        n_threads: CPU threads (default: all cores).
+        n_threads: CPU threads (default: ``$AUTOPROMPT_LLAMA_THREADS`` or all cores; give each of
+            several processes on one machine its share, or OpenMP's spinning threads slow all down).
         max_tokens: default cap on generated tokens when a request sets none.
         seed: sampling seed (only matters at temperature > 0).
 
@@ -79,7 +80,7 @@ class LlamaCppEngine(BaseEngine):
         self.model_path = Path(model_path) if model_path else smollm2_path()
         self.lora_path = Path(lora_path) if lora_path else None
         self.n_ctx = n_ctx
-        self.n_threads = n_threads or os.cpu_count()
+        self.n_threads = n_threads or int(os.environ.get("AUTOPROMPT_LLAMA_THREADS", 0)) or os.cpu_count()
         self.max_tokens = max_tokens
         self.seed = seed
         self._llama: Any = None

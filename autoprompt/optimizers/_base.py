@@ -28,6 +28,8 @@ class Context:
         proposer_lm: LM for proposing instructions and bootstrapping demos (default: the task LM).
         progress: show progress bars.
         resume: continue the state found in ``run_dir`` instead of starting anew.
+        worker: 0 for the main process; another number for each extra worker joining the run (it
+            seeds that worker's sampler differently).
     """
 
     trainset: list
@@ -38,6 +40,7 @@ class Context:
     proposer_lm: Any = None
     progress: bool = True
     resume: bool = False
+    worker: int = 0
     info: dict[str, Any] = field(default_factory=dict)
 
 

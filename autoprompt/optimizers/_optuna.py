@@ -79,6 +79,8 @@ class OptunaSearch(BaseOptimizer):
         n_instructions: instructions to ask the proposer LM for, besides the original.
         minibatches: sizes of the growing dev minibatches a trial is scored on; the last step is
             always the whole search dev set.
+        max_dev: score trials on at most this many dev examples (a seeded sample); the winner is
+            then confirmed on the whole dev split by :func:`autoprompt.optimize`.
         pruner: ``"median"``, ``"wilcoxon"`` or ``"none"`` (an Optuna pruner object works too).
         temperatures: decoding temperatures to search (one value = not searched).
         storage: an Optuna storage URL; default ``sqlite:///<run_dir>/study.db``.
@@ -99,7 +101,8 @@ class OptunaSearch(BaseOptimizer):
         max_demos: int = 4,
         n_demo_sets: int = 4,
         n_instructions: int = 2,
-        minibatches: tuple[int, ...] = (16, 48),
+        minibatches: tuple[int, ...] = (20, 50),
+        max_dev: int | None = 100,
         pruner: Any = "median",
         temperatures: tuple[float, ...] = (0.0,),
         storage: str | None = None,
@@ -112,6 +115,7 @@ class OptunaSearch(BaseOptimizer):
         self.n_demo_sets = n_demo_sets
         self.n_instructions = n_instructions
         self.minibatches = tuple(minibatches)
+        self.max_dev = max_dev
         self.pruner = pruner
         self.temperatures = tuple(temperatures)
         self.storage = storage
@@ -157,12 +161,18 @@ class OptunaSearch(BaseOptimizer):
             storage=storage,
             study_name=self.study_name,
             directions=directions,
-            sampler=optuna.samplers.TPESampler(seed=context.seed, multivariate=True),
+            sampler=optuna.samplers.TPESampler(seed=context.seed + 1000 * context.worker, multivariate=True),
             pruner=self._make_pruner(),
             load_if_exists=True,
         )
 
     def compile(self, program: dspy.Module, task: Any, context: Context) -> dspy.Module:
+        self.run_trials(program, task, context)
+        return self.best_program(task)
+
+    def run_trials(self, program: dspy.Module, task: Any, context: Context) -> Any:
+        """Open (or join) the study, build or reuse the candidate pool, run trials until the study
+        holds ``n_trials`` finished ones. Several processes may run this on one storage."""
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -170,31 +180,41 @@ class OptunaSearch(BaseOptimizer):
         pool = study.user_attrs.get("pool")
         if pool is None:
             pool = self.build_pool(program, task, context)
-            study.set_user_attr("pool", pool)
+            latest = optuna.load_study(study_name=self.study_name, storage=study._storage).user_attrs.get("pool")
+            if latest is None:
+                study.set_user_attr("pool", pool)
+            else:  # another worker stored its pool first: everyone uses that one
+                pool = latest
         else:
             logger.info("reusing the candidate pool stored in the study")
+        if context.resume:
+            # trials left RUNNING by a killed process will never finish: mark them failed now
+            for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+                study._storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
+                logger.warning("trial %d was left running by a killed process; marked failed", trial.number)
         self.study_ = study
         self.pool_ = pool
         order = list(range(len(context.devset)))
         random.Random(context.seed).shuffle(order)
-        devset = [context.devset[i] for i in order]
+        devset = [context.devset[i] for i in order][: self.max_dev]
         steps = sorted({min(s, len(devset)) for s in self.minibatches} | {len(devset)})
 
         def objective(trial: Any) -> Any:
             return self._run_trial(trial, task, pool, devset, steps, context)
 
-        done = [t for t in study.trials if t.state.is_finished() and t.state != optuna.trial.TrialState.FAIL]
-        remaining = max(0, self.n_trials - len(done))
-        logger.info("study %r: %d trials done, %d to run", self.study_name, len(done), remaining)
+        finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        done = len(study.get_trials(deepcopy=False, states=finished))
+        remaining = max(0, self.n_trials - done)
+        logger.info("study %r: %d trials done, %d to run", self.study_name, done, remaining)
         if remaining:
             study.optimize(
                 objective,
                 n_trials=remaining,
                 n_jobs=self.jobs,
-                callbacks=[_stop_on_budget(context)],
+                callbacks=[_stop_on_budget(context), optuna.study.MaxTrialsCallback(self.n_trials, states=finished)],
                 show_progress_bar=context.progress,
             )
-        return self.best_program(task)
+        return study
 
     def best_program(self, task: Any, trial_number: int | None = None) -> dspy.Module:
         """The program of the best trial (or of ``trial_number``, e.g. a point of the Pareto front)."""
@@ -311,13 +331,21 @@ class OptunaSearch(BaseOptimizer):
         lm = context.proposer_lm or dspy.settings.lm
         candidates = list(context.trainset)
         rng.shuffle(candidates)
-        attempts = iter(candidates[: n_sets * self.max_demos * 3])
+        attempts = iter(candidates)
+        calls_left = n_sets * self.max_demos * 3  # at most this many bootstrap runs of the program
+        # like the labelled sets, bootstrapped sets are balanced over the labels (when declared)
+        quota = -(-self.max_demos // len(task.choices)) if task.choices else self.max_demos
         for _ in range(n_sets):
             current: dict[str, list] = {name: [] for name in sets}
+            per_label: dict[str, int] = {}
             while min(len(v) for v in current.values()) < self.max_demos:
                 example = next(attempts, None)
-                if example is None:
+                if example is None or calls_left == 0:
                     break
+                label = str(example[task.label_field])
+                if per_label.get(label, 0) >= quota:
+                    continue
+                calls_left -= 1
                 try:
                     with dspy.context(lm=lm, trace=[]):
                         prediction, failure = run_one(program, example)
@@ -327,6 +355,7 @@ class OptunaSearch(BaseOptimizer):
                 if failure is not None or task.score(example, prediction) < 1.0:
                     failed += 1
                     continue
+                per_label[label] = per_label.get(label, 0) + 1
                 for predictor, inputs, outputs in trace:
                     name = _predictor_name(program, predictor)
                     if name is not None and len(current[name]) < self.max_demos:

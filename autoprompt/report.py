@@ -1,0 +1,118 @@
+"""Reading a run back: its Optuna study, the trial table, PNG plots, and any trial's program.
+
+``autoprompt report RUN`` prints the trial table and writes ``optimization_history.png``,
+``param_importances.png`` and (multi-objective runs) ``pareto_front.png`` with Optuna's own
+matplotlib plots (extra ``autoprompt[report]``). The storage also opens in ``optuna-dashboard``:
+``optuna-dashboard sqlite:///RUN/study.db``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from autoprompt._exceptions import RunError
+
+__all__ = ["load_config", "open_study", "trial_program", "trial_rows", "write_plots"]
+
+logger = logging.getLogger(__name__)
+
+
+def load_config(run_dir: str | Path) -> dict[str, Any]:
+    """The ``config.json`` of a run directory."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise RunError(f"{run_dir} is not a run directory: it has no config.json")
+    return json.loads(path.read_text())
+
+
+def open_study(run_dir: str | Path) -> Any:
+    """The run's Optuna study (runs of the ``optuna`` optimizer only)."""
+    import optuna
+
+    config = load_config(run_dir)
+    options = config["optimizer"]["options"]
+    if config["optimizer"]["name"] != "optuna":
+        raise RunError(f"{run_dir} ran optimizer {config['optimizer']['name']!r}, which keeps no Optuna study")
+    storage = options.get("storage") or f"sqlite:///{Path(run_dir) / 'study.db'}"
+    try:
+        return optuna.load_study(study_name=options.get("study_name", "autoprompt"), storage=storage)
+    except KeyError as exc:
+        raise RunError(f"no study {options.get('study_name')!r} in {storage}") from exc
+
+
+def trial_rows(study: Any) -> list[dict[str, Any]]:
+    """One dict per trial: number, state, params, value(s), and what it cost."""
+    rows = []
+    for t in study.trials:
+        attrs = t.user_attrs
+        rows.append({
+            "trial": t.number,
+            "state": t.state.name,
+            "score": t.values[0] if t.values else attrs.get("score_so_far"),
+            "prompt_tokens": attrs.get("prompt_tokens"),
+            "examples": attrs.get("examples"),
+            "lm_calls": attrs.get("lm_calls"),
+            "tokens": attrs.get("tokens"),
+            "seconds": attrs.get("seconds"),
+            "params": t.params,
+        })
+    return rows
+
+
+def write_plots(study: Any, out_dir: str | Path) -> list[Path]:
+    """Optuna's optimization-history, parameter-importance and Pareto-front plots as PNG files."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise ImportError("plots need matplotlib: pip install 'autoprompt[report]'") from exc
+    import optuna
+    from optuna.visualization import matplotlib as oplt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    multi = len(study.directions) > 1
+    written = []
+    plots = {"optimization_history": lambda: oplt.plot_optimization_history(
+        study, target=(lambda t: t.values[0]) if multi else None, target_name="dev score")}
+    if len(complete) >= 2:
+        plots["param_importances"] = lambda: oplt.plot_param_importances(
+            study, target=(lambda t: t.values[0]) if multi else None, target_name="dev score")
+    if multi:
+        plots["pareto_front"] = lambda: oplt.plot_pareto_front(study, target_names=["dev score", "prompt tokens"])
+    import warnings
+
+    for name, make in plots.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                axes = make()
+        except (ValueError, RuntimeError) as exc:  # e.g. no parameter varies yet
+            logger.warning("plot %s skipped: %s", name, exc)
+            continue
+        figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+        path = out / f"{name}.png"
+        figure.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(figure)
+        written.append(path)
+    return written
+
+
+def trial_program(run_dir: str | Path, trial_number: int) -> tuple[Any, Any]:
+    """``(task, program)`` of one trial of a run, e.g. a point of the Pareto front."""
+    from autoprompt.optimizers._optuna import build_program
+    from autoprompt.task import load_task
+
+    config = load_config(run_dir)
+    study = open_study(run_dir)
+    if not 0 <= trial_number < len(study.trials):
+        raise RunError(f"trial {trial_number} does not exist; the study has trials 0..{len(study.trials) - 1}")
+    task = load_task(config["task"]["source"], **config["task"].get("options", {}))
+    pool = study.user_attrs["pool"]
+    return task, build_program(task, pool, study.trials[trial_number].params)

@@ -1,0 +1,45 @@
+"""autoprompt report: the trial table, PNG plots, the Pareto front, exporting one trial."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import autoprompt
+from autoprompt.report import open_study, trial_rows
+
+from .conftest import TASKS
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "autoprompt", *map(str, args)], capture_output=True, text=True,
+                          env=dict(os.environ), timeout=600)
+
+
+def test_report_multi_objective_run(small_task, tmp_path):
+    run = tmp_path / "run"
+    autoprompt.optimize(small_task, run_dir=run, dev_limit=4, progress=False, optimizer="optuna", n_trials=4,
+                        n_instructions=0, n_demo_sets=2, max_demos=2, minibatches=(2,), multi_objective=True)
+    study = open_study(run)
+    assert study.directions[1].name == "MINIMIZE"
+    rows = trial_rows(study)
+    assert len(rows) == 4 and all(r["prompt_tokens"] > 0 for r in rows)
+    out = cli("report", run)
+    assert out.returncode == 0, out.stderr
+    assert "Pareto front" in out.stdout and "prompt tok" in out.stdout
+    for name in ("optimization_history.png", "pareto_front.png"):
+        assert (run / name).stat().st_size > 1000, name
+    front = min(t.number for t in study.best_trials)
+    exported = cli("export", run, "--trial", front, "--format", "json", "-o", tmp_path / "front.json")
+    assert exported.returncode == 0, exported.stderr
+    document = json.loads((tmp_path / "front.json").read_text())
+    assert document["trial"] == front
+    program = autoprompt.load_prompt(tmp_path / "front.json", small_task)
+    assert len(program.predictors()[0].demos) == study.trials[front].params.get("self.n_demos", 0)
+
+
+def test_report_needs_an_optuna_run(tmp_path):
+    out = cli("report", tmp_path)
+    assert out.returncode == 2 and "not a run directory" in out.stderr
