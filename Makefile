@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 DEMO_ARGS ?= --dev-limit 200 --test-limit 200 --max-seconds 240
 
-.PHONY: install demo test test-slow clean
+.PHONY: install postgres demo test test-slow clean
 
 install: $(VENV)/.installed
 
@@ -22,7 +22,13 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/autoprompt optimize tasks/sentiment.py $(DEMO_ARGS)
 
-test: install
+# the multi-process tests start a real PostgreSQL server (Debian's package) on loopback
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql) || \
+		(echo "install Debian's postgresql package (as root: apt-get install postgresql)"; exit 1)
+
+test: install postgres
 	$(BIN)/python -m pytest
 
 test-slow: install

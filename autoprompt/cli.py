@@ -90,6 +90,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         task_options=task_options,
         **_kv(args.option, "--option"),
+        **({"jobs": args.jobs} if args.jobs else {}),
     )
     if not args.no_test and task.sources["test"] is not None:
         result.evaluate("test", which="baseline", progress=not args.no_progress)
@@ -108,8 +109,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         from autoprompt.export import prompt_document
         from autoprompt.report import trial_program
 
-        task, program = trial_program(source, args.trial)
-        source = prompt_document(program, task=task, meta={"trial": args.trial})
+        task, program, task_params = trial_program(source, args.trial)
+        source = prompt_document(program, task=task, meta={"trial": args.trial, "task_params": task_params})
     elif source.is_dir():
         source = source / "prompt.json"
         if not source.is_file():
@@ -151,18 +152,17 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     import dspy
 
     import autoprompt
-    from autoprompt.optimizers import Context, OptunaSearch
+    from autoprompt.optimizers import Context, optimizer_from_config
     from autoprompt.report import load_config
     from autoprompt.usage import Budget, Meter
 
     config = load_config(args.run)
     if config["optimizer"]["name"] != "optuna":
         raise autoprompt.RunError(f"{args.run} ran optimizer {config['optimizer']['name']!r}; workers join optuna runs")
-    options = dict(config["optimizer"]["options"])
-    options["minibatches"] = tuple(options.get("minibatches", ()))
-    options["temperatures"] = tuple(options.get("temperatures", (0.0,)))
-    options["storage"] = options.get("storage") or f"sqlite:///{Path(args.run) / 'study.db'}"
-    optimizer = OptunaSearch(**options)
+    storage = args.storage or config["optimizer"]["options"].get("storage") or f"sqlite:///{Path(args.run) / 'study.db'}"
+    if "***" in storage:
+        raise autoprompt.RunError("the run's storage URL has a password, which is never saved: pass --storage URL")
+    optimizer = optimizer_from_config(config["optimizer"], storage=storage)
     task = autoprompt.load_task(config["task"]["source"], **config["task"].get("options", {}))
     lm_spec = args.lm or config.get("lm_spec")
     if lm_spec is None:
@@ -217,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", help="API key for --api-base (never written to run files)")
     p.add_argument("--proposer-lm", help="a stronger LM for proposing instructions and bootstrapping demos")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, help="optimizer optuna: trials run concurrently in this process")
     p.add_argument("--max-calls", type=int, help="cap on LM calls of the optimization step")
     p.add_argument("--max-tokens", type=int, help="cap on tokens of the optimization step")
     p.add_argument("--max-seconds", type=float, help="cap on wall time of the optimization step")
@@ -247,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("--worker", type=int, default=1, help="this worker's number (seeds its sampler)")
     p.add_argument("--lm", help="the LM, if the run's was given as an object")
+    p.add_argument("--storage", help="the study's storage URL, if it has a password (never saved)")
     p.add_argument("--cache-dir")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_worker)

@@ -28,15 +28,15 @@ def load_config(run_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def open_study(run_dir: str | Path) -> Any:
-    """The run's Optuna study (runs of the ``optuna`` optimizer only)."""
+def open_study(run_dir: str | Path, storage: str | None = None) -> Any:
+    """The run's Optuna study (runs of the ``optuna`` optimizer only); ``storage`` overrides the URL."""
     import optuna
 
     config = load_config(run_dir)
     options = config["optimizer"]["options"]
     if config["optimizer"]["name"] != "optuna":
         raise RunError(f"{run_dir} ran optimizer {config['optimizer']['name']!r}, which keeps no Optuna study")
-    storage = options.get("storage") or f"sqlite:///{Path(run_dir) / 'study.db'}"
+    storage = storage or options.get("storage") or f"sqlite:///{Path(run_dir) / 'study.db'}"
     try:
         return optuna.load_study(study_name=options.get("study_name", "autoprompt"), storage=storage)
     except KeyError as exc:
@@ -104,8 +104,8 @@ def write_plots(study: Any, out_dir: str | Path) -> list[Path]:
     return written
 
 
-def trial_program(run_dir: str | Path, trial_number: int) -> tuple[Any, Any]:
-    """``(task, program)`` of one trial of a run, e.g. a point of the Pareto front."""
+def trial_program(run_dir: str | Path, trial_number: int) -> tuple[Any, Any, dict]:
+    """``(task, program, task_params)`` of one trial of a run, e.g. a point of the Pareto front."""
     from autoprompt.optimizers._optuna import build_program
     from autoprompt.task import load_task
 
@@ -115,4 +115,6 @@ def trial_program(run_dir: str | Path, trial_number: int) -> tuple[Any, Any]:
         raise RunError(f"trial {trial_number} does not exist; the study has trials 0..{len(study.trials) - 1}")
     task = load_task(config["task"]["source"], **config["task"].get("options", {}))
     pool = study.user_attrs["pool"]
-    return task, build_program(task, pool, study.trials[trial_number].params)
+    trial = study.trials[trial_number]
+    task_params = trial.user_attrs.get("task_params", {})
+    return task, build_program(task, pool, trial.params, task_params), task_params

@@ -29,7 +29,7 @@ from autoprompt._version import __version__
 from autoprompt.evaluate import Evaluation, evaluate_program
 from autoprompt.export import dump_json, prompt_document
 from autoprompt.lms import build_lm, describe_lm
-from autoprompt.optimizers import Context, get_optimizer
+from autoprompt.optimizers import Context, get_optimizer, optimizer_from_config
 from autoprompt.usage import Budget, Meter
 
 __all__ = ["RUN_FORMAT_VERSION", "Result", "configure_cache", "optimize"]
@@ -135,6 +135,7 @@ class Result:
             "seed": self.config["seed"],
             "optimizer": self.config["optimizer"]["name"],
             "scores": {w: {s: e["score"] for s, e in d.items()} for w, d in self.scores().items()},
+            "task_params": getattr(self.optimizer, "task_params_", None) or {},
         }
         return prompt_document(self.program, task=self.task, meta=meta)
 
@@ -233,7 +234,12 @@ def optimize(
     started = time.monotonic()
     if cache_dir is not None or os.environ.get("AUTOPROMPT_CACHE_DIR"):
         configure_cache(cache_dir)
-    opt = get_optimizer(optimizer, **optimizer_options)
+    if resume and not optimizer_options and run_dir is not None and (Path(run_dir) / "config.json").is_file():
+        # resuming with no options given: the run's own optimizer, as its config records it
+        recorded = json.loads((Path(run_dir) / "config.json").read_text())["optimizer"]
+        opt = optimizer_from_config(recorded) if recorded["name"] == optimizer else get_optimizer(optimizer)
+    else:
+        opt = get_optimizer(optimizer, **optimizer_options)
     budget = _budget(budget)
     dspy_lm = build_lm(lm)
     proposer = build_lm(proposer_lm) if proposer_lm is not None else None

@@ -83,7 +83,10 @@ class Task:
         columns: renames data columns to field names, e.g. ``{"category": "label"}``.
         prepare: optional ``row -> row`` function applied to every row after renaming.
         search_space: optional ``trial -> dict`` adding task-specific parameters to the Optuna
-            search (see :mod:`autoprompt.optimizers`).
+            search, e.g. ``lambda trial: {"module": trial.suggest_categorical("module", ["predict", "cot"])}``.
+        configure: optional ``(program, params) -> program`` applying those parameters to a fresh
+            program (e.g. returning a ``dspy.ChainOfThought`` for ``module="cot"``); predictors it
+            keeps under their names still get the trial's instruction and demos.
         source: where the task was defined (set by :func:`load_task`; used in error messages).
     """
 
@@ -101,6 +104,7 @@ class Task:
         columns: Mapping[str, str] | None = None,
         prepare: Callable[[dict], dict] | None = None,
         search_space: Callable[..., dict] | None = None,
+        configure: Callable[[Any, dict], Any] | None = None,
         source: str | None = None,
     ) -> None:
         if not isinstance(name, str) or not name.strip():
@@ -125,6 +129,9 @@ class Task:
         self.columns = dict(columns or {})
         self.prepare = prepare
         self.search_space = search_space
+        self.configure = configure
+        if (search_space is None) != (configure is None):
+            raise TaskError(f"task {name!r} ({self.source}): give search_space and configure together")
         self._examples: dict[str, list[dspy.Example]] = {}
 
     # -- the program -------------------------------------------------------------------------

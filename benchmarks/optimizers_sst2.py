@@ -19,8 +19,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
 import autoprompt  # noqa: E402
+from _common import write_markdown  # noqa: E402
 
 
 def main() -> None:
@@ -60,22 +62,11 @@ def main() -> None:
             print(" | ".join(rows[-1]), flush=True)
     header = ["optimizer", "seed", "baseline dev %", "optimized dev %", "baseline test %", "optimized test %",
               "LM calls (opt.)", "tokens (opt.)", "optimize s", "run s", "run dir"]
-    lines = [
-        f"# {Path(args.task).stem}: baseline vs optimized, embedded SmolLM2-135M",
-        "",
-        "Command: `" + " ".join(["python", *sys.argv]) + "`",
-        "",
-        f"dev = first {args.dev_limit} rows of the dev split, test = first {args.test_limit} rows of the test "
-        f"split; optimization budget: max_seconds={args.max_seconds}, max_calls={args.max_calls}. "
-        f"Total wall time {time.monotonic() - started:.0f} s on this machine.",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-        *("| " + " | ".join(r) + " |" for r in rows),
-    ]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    notes = (f"dev = first {args.dev_limit} rows of the dev split, test = first {args.test_limit} rows of the "
+             f"test split; optimization budget: max_seconds={args.max_seconds}, max_calls={args.max_calls}. "
+             f"Total wall time {time.monotonic() - started:.0f} s on this machine.")
+    print(write_markdown(args.out, f"{Path(args.task).stem}: baseline vs optimized, embedded SmolLM2-135M", notes,
+                         header, rows))
 
 
 if __name__ == "__main__":

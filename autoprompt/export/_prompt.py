@@ -112,6 +112,13 @@ def load_prompt(source: str | Path | dict, task: Any) -> dspy.Module:
     """
     document = read_prompt(source)
     program = task.make_program()
+    if document.get("task_params"):
+        if task.configure is None:
+            raise ExportError(
+                f"the prompt was found with task parameters {document['task_params']}, but task "
+                f"{task.name!r} has no configure() to apply them"
+            )
+        program = task.configure(program, dict(document["task_params"]))
     by_name = {p["name"]: p for p in document["predictors"]}
     names = [name for name, _ in program.named_predictors()]
     if sorted(by_name) != sorted(names):

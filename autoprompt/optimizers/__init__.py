@@ -30,6 +30,7 @@ __all__ = [
     "OptunaSearch",
     "RandomSearch",
     "get_optimizer",
+    "optimizer_from_config",
 ]
 
 OPTIMIZERS: dict[str, type[BaseOptimizer]] = {
@@ -54,3 +55,12 @@ def get_optimizer(optimizer: Any = None, **options: Any) -> BaseOptimizer:
         return OPTIMIZERS[name](**options)
     except TypeError as exc:
         raise TypeError(f"optimizer {name!r}: {exc}") from exc
+
+
+def optimizer_from_config(record: dict[str, Any], **overrides: Any) -> BaseOptimizer:
+    """Rebuild the optimizer a run's ``config.json`` records (``{"name", "options"}``)."""
+    options = {**record.get("options", {}), **{k: v for k, v in overrides.items() if v is not None}}
+    for key in ("minibatches", "temperatures"):  # JSON has no tuples
+        if isinstance(options.get(key), list):
+            options[key] = tuple(options[key])
+    return get_optimizer(record["name"], **options)

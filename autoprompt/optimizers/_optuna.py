@@ -50,11 +50,16 @@ class ProposeInstruction(dspy.Signature):
     proposed_instruction: str = dspy.OutputField()
 
 
-def build_program(task: Any, pool: dict, params: dict[str, Any]) -> dspy.Module:
-    """The program a set of trial parameters stands for (used for trials and for the winner)."""
+def build_program(task: Any, pool: dict, params: dict[str, Any], task_params: dict | None = None) -> dspy.Module:
+    """The program a trial's parameters stand for: ``params`` are autoprompt's own (instruction, demo
+    set, number of demos, temperature), ``task_params`` what the task's ``search_space`` returned."""
     program = task.make_program()
+    if task.configure is not None and task_params:
+        program = task.configure(program, dict(task_params))
     for name, predictor in program.named_predictors():
-        cands = pool["predictors"][name]
+        cands = pool["predictors"].get(name)
+        if cands is None:  # a predictor the task's configure() added: left as it is
+            continue
         instruction = cands["instructions"][params.get(f"{name}.instruction", 0)]
         predictor.signature = predictor.signature.with_instructions(instruction)
         n_demos = params.get(f"{name}.n_demos", 0)
@@ -63,9 +68,6 @@ def build_program(task: Any, pool: dict, params: dict[str, Any]) -> dspy.Module:
         temperature = params.get("temperature")
         if temperature:
             predictor.config = {**predictor.config, "temperature": temperature}
-    extra = {k: v for k, v in params.items() if k.startswith("task.")}
-    if extra and hasattr(task, "apply_params"):
-        program = task.apply_params(program, {k[5:]: v for k, v in extra.items()})
     return program
 
 
@@ -126,6 +128,10 @@ class OptunaSearch(BaseOptimizer):
     def options(self) -> dict[str, Any]:
         out = super().options()
         out["pruner"] = self.pruner if isinstance(self.pruner, str) else type(self.pruner).__name__
+        if self.storage:  # never write a database password into the run's files
+            from sqlalchemy.engine import make_url
+
+            out["storage"] = make_url(self.storage).render_as_string(hide_password=True)
         return out
 
     # -- the study ---------------------------------------------------------------------------
@@ -139,8 +145,16 @@ class OptunaSearch(BaseOptimizer):
         if self.pruner == "median":
             return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
         if self.pruner == "wilcoxon":
-            return optuna.pruners.WilcoxonPruner(p_threshold=0.1)
+            with warnings.catch_warnings():  # "experimental" in Optuna
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.pruners.WilcoxonPruner(p_threshold=0.1)
         raise ValueError(f"pruner must be 'median', 'wilcoxon', 'none' or an optuna pruner, got {self.pruner!r}")
+
+    def _per_example_reports(self) -> bool:
+        import optuna
+
+        pruner = self.pruner if not isinstance(self.pruner, str) else None
+        return self.pruner == "wilcoxon" or isinstance(pruner, optuna.pruners.WilcoxonPruner)
 
     def storage_url(self, context: Context) -> str:
         return self.storage or f"sqlite:///{context.run_dir / 'study.db'}"
@@ -199,8 +213,13 @@ class OptunaSearch(BaseOptimizer):
         devset = [context.devset[i] for i in order][: self.max_dev]
         steps = sorted({min(s, len(devset)) for s in self.minibatches} | {len(devset)})
 
+        # Optuna runs n_jobs > 1 trials in its own threads, which do not see this thread's DSPy context
+        settings = {"lm": dspy.settings.lm, "adapter": dspy.settings.adapter,
+                    "usage_tracker": dspy.settings.usage_tracker}
+
         def objective(trial: Any) -> Any:
-            return self._run_trial(trial, task, pool, devset, steps, context)
+            with dspy.context(**settings):
+                return self._run_trial(trial, task, pool, devset, steps, context)
 
         finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         done = len(study.get_trials(deepcopy=False, states=finished))
@@ -232,10 +251,11 @@ class OptunaSearch(BaseOptimizer):
         else:
             trial = study.best_trial
         self.best_trial_ = trial.number
-        return build_program(task, self.pool_, trial.params)
+        self.task_params_ = trial.user_attrs.get("task_params", {})
+        return build_program(task, self.pool_, trial.params, self.task_params_)
 
     # -- one trial ---------------------------------------------------------------------------
-    def _suggest(self, trial: Any, task: Any, pool: dict) -> dict[str, Any]:
+    def _suggest(self, trial: Any, task: Any, pool: dict) -> tuple[dict[str, Any], dict[str, Any]]:
         params: dict[str, Any] = {}
         for name, cands in pool["predictors"].items():
             params[f"{name}.instruction"] = trial.suggest_categorical(
@@ -248,31 +268,37 @@ class OptunaSearch(BaseOptimizer):
                 params[f"{name}.n_demos"] = trial.suggest_int(f"{name}.n_demos", 0, self.max_demos)
         if len(self.temperatures) > 1:
             params["temperature"] = trial.suggest_categorical("temperature", list(self.temperatures))
-        if task.search_space is not None:
-            for key, value in task.search_space(trial).items():
-                params[f"task.{key}"] = value
-        return params
+        task_params = task.search_space(trial) if task.search_space is not None else {}
+        trial.set_user_attr("task_params", task_params)
+        return params, task_params
 
     def _run_trial(self, trial, task, pool, devset, steps, context) -> Any:
         import optuna
 
-        params = self._suggest(trial, task, pool)
-        program = build_program(task, pool, params)
+        params, task_params = self._suggest(trial, task, pool)
+        program = build_program(task, pool, params, task_params)
         before = context.meter.snapshot()
         started = time.monotonic()
         total = 0.0
         done = 0
         failures = 0
         pruned = False
+        per_example = self._per_example_reports()
+        boundaries = set(steps)
         try:
-            for step in steps:
-                for example in devset[done:step]:
-                    prediction, failure = run_one(program, example)
-                    failures += failure is not None
-                    total += task.score(example, prediction)
-                done = step
-                if not self.multi_objective:
-                    trial.report(total / done, step=done)
+            for i, example in enumerate(devset):
+                prediction, failure = run_one(program, example)
+                failures += failure is not None
+                value = task.score(example, prediction)
+                total += value
+                done = i + 1
+                if self.multi_objective:
+                    continue
+                if per_example:  # WilcoxonPruner compares trials example by example
+                    trial.report(value, step=i)
+                if done in boundaries:
+                    if not per_example:  # other pruners compare running means at each minibatch
+                        trial.report(total / done, step=done)
                     if done < len(devset) and trial.should_prune():
                         pruned = True
                         break

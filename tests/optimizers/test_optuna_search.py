@@ -98,3 +98,53 @@ def test_stratified_sample_cycles_through_labels():
     got = [r["y"] for r in stratified_sample(rows, 6, "y", random.Random(0))]
     assert len(got) == 6
     assert got.count("c") == 1 and got.count("b") == 2 and got.count("a") == 3
+
+
+def test_task_extends_the_search_space(small_task, lm, tmp_path):
+    """A task adds Predict-vs-ChainOfThought to the space; trials sample it and it is applied."""
+    import dspy
+
+    import autoprompt
+
+    seen = []
+
+    def configure(program, params):
+        seen.append(params["module"])
+        return dspy.ChainOfThought(small_task.signature) if params["module"] == "cot" else program
+
+    small_task.search_space = lambda trial: {"module": trial.suggest_categorical("module", ["predict", "cot"])}
+    small_task.configure = configure
+    result = autoprompt.optimize(small_task, run_dir=tmp_path / "run", dev_limit=3, progress=False,
+                                 optimizer="optuna", n_trials=4, n_instructions=0, n_demo_sets=2, max_demos=1,
+                                 minibatches=(3,), pruner="none")
+    modules = [t.params["module"] for t in result.study.trials]
+    assert set(modules) <= {"predict", "cot"} and len(seen) >= 4
+    assert all(t.user_attrs["task_params"] == {"module": t.params["module"]} for t in result.study.trials)
+    winner = result.study.best_trial.params["module"]
+    assert isinstance(result.program, dspy.ChainOfThought) == (winner == "cot")
+    reloaded = autoprompt.load_prompt(result.run_dir / "prompt.json", small_task)
+    assert type(reloaded) is type(result.program)
+
+
+def test_wilcoxon_pruner_gets_one_report_per_example(small_task, lm, tmp_path):
+    import autoprompt
+
+    result = autoprompt.optimize(small_task, run_dir=tmp_path / "run", dev_limit=6, progress=False,
+                                 optimizer="optuna", n_trials=3, n_instructions=0, n_demo_sets=2, max_demos=2,
+                                 minibatches=(2, 4), pruner="wilcoxon")
+    for trial in result.study.trials:
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            assert sorted(trial.intermediate_values) == list(range(6))
+            assert set(trial.intermediate_values.values()) <= {0.0, 1.0}
+
+
+def test_jobs_run_trials_in_threads(small_task, lm, tmp_path):
+    import autoprompt
+
+    result = autoprompt.optimize(small_task, run_dir=tmp_path / "run", dev_limit=3, progress=False,
+                                 optimizer="optuna", n_trials=4, jobs=2, n_instructions=0, n_demo_sets=2,
+                                 max_demos=2, minibatches=(3,), pruner="none")
+    trials = result.study.trials
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert all(t.user_attrs["examples"] == 3 for t in trials)
