@@ -273,6 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # run.log gets INFO; the terminal only with -v
+        handler.setLevel(logging.INFO if args.verbose else logging.WARNING)
     try:
         return args.func(args)
     except AutopromptError as exc:
