@@ -126,6 +126,38 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_data(args: argparse.Namespace) -> int:
+    import dspy
+
+    import autoprompt
+    from autoprompt.export import compile_training_data
+    from autoprompt.report import load_config
+
+    run = Path(args.run)
+    config = load_config(run)
+    task = autoprompt.load_task(config["task"]["source"], **config["task"].get("options", {}))
+    if not (run / "prompt.json").is_file():
+        raise autoprompt.RunError(f"{run} has no prompt.json: the run did not finish its optimization step")
+    program = autoprompt.load_prompt(run / "prompt.json", task)
+    lm_spec = args.lm or config.get("lm_spec")
+    if lm_spec is None:
+        raise autoprompt.RunError("the run's LM was an object; name it with --lm")
+    if args.cache_dir:
+        autoprompt.configure_cache(args.cache_dir)
+    with dspy.context(lm=autoprompt.build_lm(lm_spec)):
+        data = compile_training_data(program, task, split=args.split, threshold=args.threshold,
+                                     keep_demos=args.keep_demos, dedupe=not args.no_dedupe,
+                                     val_fraction=args.val_fraction, limit=args.limit, seed=config["seed"],
+                                     source=str(run / "prompt.json"), progress=not args.no_progress)
+    out = Path(args.output)
+    parts = data.by_predictor() if args.per_predictor else {None: data}
+    for name, part in parts.items():
+        folder = part.save(out / name if name else out, format=args.format)
+        print(f"wrote {folder}: {len(part.train)} train / {len(part.val)} val records")
+    print("counts: " + ", ".join(f"{k} {v}" for k, v in data.counts.items()))
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from autoprompt.report import open_study, trial_rows, write_plots
 
@@ -238,6 +270,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="file to write (default: standard output)")
     p.add_argument("--trial", type=int, help="export this trial of the run's study (e.g. a Pareto-front point)")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("export-data", help="compile a run's best program into fine-tuning data")
+    p.add_argument("run")
+    p.add_argument("--format", default="openai", choices=["openai", "hf", "trl"])
+    p.add_argument("-o", "--output", required=True, help="folder to write")
+    p.add_argument("--split", default="train", choices=["train", "dev", "test"])
+    p.add_argument("--threshold", type=float, default=1.0, help="keep traces whose metric is at least this")
+    p.add_argument("--keep-demos", action="store_true", help="keep the demos in the training prompts")
+    p.add_argument("--no-dedupe", action="store_true")
+    p.add_argument("--val-fraction", type=float, default=0.0)
+    p.add_argument("--per-predictor", action="store_true", help="one data set per predictor")
+    p.add_argument("--limit", type=int, help="use the first N examples of the split")
+    p.add_argument("--lm", help="the LM, if the run's was given as an object")
+    p.add_argument("--cache-dir")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_export_data)
 
     p = sub.add_parser("report", help="print a run's trial table and write PNG plots")
     p.add_argument("run")

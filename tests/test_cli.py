@@ -34,6 +34,12 @@ def test_optimize_export_evaluate(tmp_path):
                     "--limit", 5, "--no-progress", env_extra=env)
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(evaluated.stdout)["score"] == scores["optimized"]["dev"]["score"]
+    data = cli("export-data", run, "--format", "trl", "-o", tmp_path / "data", "--limit", 4, "--no-progress",
+               env_extra=env)
+    assert data.returncode == 0, data.stderr
+    manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    assert manifest["counts"]["examples"] == 4 and manifest["data_format"] == "trl"
+    assert manifest["source_program"].endswith("prompt.json")
 
 
 def test_errors_are_one_clear_line(tmp_path):

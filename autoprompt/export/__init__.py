@@ -1,4 +1,5 @@
-"""Exporting the optimized prompt: a versioned JSON document, chat messages, or text.
+"""Exporting the optimized prompt (a versioned JSON document, chat messages, or text) and
+compiling a program's passing traces into fine-tuning data (OpenAI JSONL, Hugging Face, TRL).
 
 :func:`export_prompt` writes one format; :func:`load_prompt` reads the JSON back into a task's
 program; :func:`render_messages` gives the exact messages for given inputs.
@@ -14,14 +15,18 @@ from autoprompt.export._base import BaseExporter
 from autoprompt.export._formats import JsonExporter, MessagesExporter, TextExporter
 from autoprompt.export._prompt import FORMAT_VERSION, dump_json, load_prompt, prompt_document, read_prompt
 from autoprompt.export._render import json_schema, render_messages, signature_from_spec
+from autoprompt.export._training import DATA_FORMATS, TrainingData, compile_training_data
 
 __all__ = [
+    "DATA_FORMATS",
     "EXPORTERS",
     "FORMAT_VERSION",
     "BaseExporter",
     "JsonExporter",
     "MessagesExporter",
     "TextExporter",
+    "TrainingData",
+    "compile_training_data",
     "dump_json",
     "export_prompt",
     "json_schema",

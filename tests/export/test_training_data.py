@@ -1,0 +1,82 @@
+"""Compiling a program's passing traces into fine-tuning data: filters, counts, formats, manifest."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+import dspy
+import pytest
+
+import autoprompt
+from autoprompt import ExportError
+from autoprompt.export import compile_training_data
+from autoprompt.lms import build_lm
+
+
+@pytest.fixture
+def program(small_task):
+    program = small_task.make_program()
+    train = small_task.examples("train")
+    program.predictors()[0].demos = [e for e in train if e.label == "positive"][:1] + \
+        [e for e in train if e.label == "negative"][:1]
+    return program
+
+
+def test_counts_filter_and_formats(lm, small_task, program, tmp_path):
+    with dspy.context(lm=lm):
+        data = compile_training_data(program, small_task, limit=12, val_fraction=0.25, progress=False)
+    c = data.counts
+    assert c["examples"] == 12
+    assert c["kept_examples"] + c["dropped_metric"] + c["dropped_parse"] + c["dropped_error"] == 12
+    assert c["records"] == c["kept_examples"] - c["duplicates"] == len(data.train) + len(data.val)
+    assert c["kept_examples"] > 0
+    # plain prompts by default (BetterTogether trains without the demos): system, user, assistant
+    record = data.train[0]
+    assert [m["role"] for m in record["messages"]] == ["system", "user", "assistant"]
+    assert json.loads(record["messages"][-1]["content"])["label"] in ("positive", "negative")
+    # every kept record's answer is the gold label (threshold 1.0 on exact match)
+    gold = {e.text: e.label for e in small_task.examples("train")}
+    for r in data.train + data.val:
+        text = r["messages"][1]["content"].split("[[ ## text ## ]]\n", 1)[1].split("\n\n", 1)[0]
+        assert json.loads(r["messages"][-1]["content"])["label"] == gold[text]
+
+    openai_dir = data.save(tmp_path / "openai", format="openai")
+    lines = (openai_dir / "train.jsonl").read_text().splitlines()
+    assert len(lines) == len(data.train) and set(json.loads(lines[0])) == {"messages"}
+    manifest = json.loads((openai_dir / "manifest.json").read_text())
+    assert manifest["format_version"] == 1 and manifest["task"] == "sentiment"
+    assert manifest["counts"] == c and manifest["filter"]["threshold"] == 1.0
+    assert manifest["rows"] == {"train": len(data.train), "val": len(data.val)}
+
+    trl = data.save(tmp_path / "trl", format="trl")
+    row = json.loads((trl / "train.jsonl").read_text().splitlines()[0])
+    assert [m["role"] for m in row["completion"]] == ["assistant"] and row["prompt"][-1]["role"] == "user"
+
+    hf = data.save(tmp_path / "hf", format="hf")
+    loaded = datasets.load_from_disk(str(hf / "train"))
+    assert len(loaded) == len(data.train)
+    assert len(datasets.load_dataset("parquet", data_files=str(hf / "train.parquet"), split="train")) == len(data.train)
+
+
+def test_keep_demos_and_dedupe(lm, small_task, program):
+    with dspy.context(lm=lm):
+        with_demos = compile_training_data(program, small_task, limit=4, keep_demos=True, progress=False)
+        doubled = compile_training_data(program, small_task, split="train", limit=4, progress=False)
+    if with_demos.train:
+        assert len(with_demos.train[0]["messages"]) == 1 + 2 * 2 + 2
+    assert doubled.counts["duplicates"] == 0
+
+
+def test_parse_failures_are_dropped_and_counted(small_task, program):
+    with dspy.context(lm=build_lm("local", max_tokens=3)):
+        data = compile_training_data(program, small_task, limit=3, progress=False)
+    assert data.counts["dropped_parse"] == 3 and data.train == []
+
+
+def test_bad_options(small_task, program, tmp_path):
+    with pytest.raises(ExportError, match="val_fraction"):
+        compile_training_data(program, small_task, val_fraction=1.5)
+    data = autoprompt.export.TrainingData([], [], {})
+    with pytest.raises(ExportError, match="format must be one of"):
+        data.save(tmp_path, format="csv")
