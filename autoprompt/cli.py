@@ -131,20 +131,14 @@ def _cmd_export_data(args: argparse.Namespace) -> int:
 
     import autoprompt
     from autoprompt.export import compile_training_data
-    from autoprompt.report import load_config
+    from autoprompt.report import load_run
 
     run = Path(args.run)
-    config = load_config(run)
-    task = autoprompt.load_task(config["task"]["source"], **config["task"].get("options", {}))
+    config, task, lm = load_run(run, lm=args.lm, cache_dir=args.cache_dir)
     if not (run / "prompt.json").is_file():
         raise autoprompt.RunError(f"{run} has no prompt.json: the run did not finish its optimization step")
     program = autoprompt.load_prompt(run / "prompt.json", task)
-    lm_spec = args.lm or config.get("lm_spec")
-    if lm_spec is None:
-        raise autoprompt.RunError("the run's LM was an object; name it with --lm")
-    if args.cache_dir:
-        autoprompt.configure_cache(args.cache_dir)
-    with dspy.context(lm=autoprompt.build_lm(lm_spec)):
+    with dspy.context(lm=lm):
         data = compile_training_data(program, task, split=args.split, threshold=args.threshold,
                                      keep_demos=args.keep_demos, dedupe=not args.no_dedupe,
                                      val_fraction=args.val_fraction, limit=args.limit, seed=config["seed"],
@@ -185,23 +179,16 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
     import autoprompt
     from autoprompt.optimizers import Context, optimizer_from_config
-    from autoprompt.report import load_config
+    from autoprompt.report import load_run
     from autoprompt.usage import Budget, Meter
 
-    config = load_config(args.run)
+    config, task, lm = load_run(args.run, lm=args.lm, cache_dir=args.cache_dir)
     if config["optimizer"]["name"] != "optuna":
         raise autoprompt.RunError(f"{args.run} ran optimizer {config['optimizer']['name']!r}; workers join optuna runs")
     storage = args.storage or config["optimizer"]["options"].get("storage") or f"sqlite:///{Path(args.run) / 'study.db'}"
     if "***" in storage:
         raise autoprompt.RunError("the run's storage URL has a password, which is never saved: pass --storage URL")
     optimizer = optimizer_from_config(config["optimizer"], storage=storage)
-    task = autoprompt.load_task(config["task"]["source"], **config["task"].get("options", {}))
-    lm_spec = args.lm or config.get("lm_spec")
-    if lm_spec is None:
-        raise autoprompt.RunError("the run's LM was an object; name it with --lm")
-    if args.cache_dir:
-        autoprompt.configure_cache(args.cache_dir)
-    lm = autoprompt.build_lm(lm_spec)
     limits = config["limits"]
     meter = Meter(Budget(**config["budget"]))
     context = Context(trainset=task.examples("train", limit=limits["train"]),

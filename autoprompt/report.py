@@ -15,7 +15,7 @@ from typing import Any
 
 from autoprompt._exceptions import RunError
 
-__all__ = ["load_config", "open_study", "trial_program", "trial_rows", "write_plots"]
+__all__ = ["load_config", "load_run", "open_study", "trial_program", "trial_rows", "write_plots"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +26,23 @@ def load_config(run_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise RunError(f"{run_dir} is not a run directory: it has no config.json")
     return json.loads(path.read_text())
+
+
+def load_run(run_dir: str | Path, *, lm: Any = None, cache_dir: str | None = None) -> tuple[dict, Any, Any]:
+    """``(config, task, dspy_lm)`` of a run: its task module reloaded with its options, and its LM
+    (``lm`` overrides it; needed when the run's LM was given as an object, which is not saved)."""
+    from autoprompt.lms import build_lm
+    from autoprompt.run import configure_cache
+    from autoprompt.task import load_task
+
+    config = load_config(run_dir)
+    task = load_task(config["task"]["source"], **config["task"].get("options", {}))
+    spec = lm or config.get("lm_spec")
+    if spec is None:
+        raise RunError(f"the LM of {run_dir} was given as an object, which is not saved; name it (CLI: --lm)")
+    if cache_dir:
+        configure_cache(cache_dir)
+    return config, task, build_lm(spec)
 
 
 def open_study(run_dir: str | Path, storage: str | None = None) -> Any:
