@@ -10,7 +10,6 @@ Example:
 
 from autoprompt._exceptions import (
     AutopromptError,
-    AutopromptWarning,
     BudgetExhausted,
     DataError,
     ExportError,
@@ -27,7 +26,6 @@ from autoprompt.usage import Budget
 
 __all__ = [
     "AutopromptError",
-    "AutopromptWarning",
     "Budget",
     "BudgetExhausted",
     "DataError",

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 __all__ = [
     "AutopromptError",
-    "AutopromptWarning",
     "BudgetExhausted",
     "DataError",
     "ExportError",
@@ -27,10 +26,6 @@ __all__ = [
 
 class AutopromptError(Exception):
     """Root of every error autoprompt raises on purpose."""
-
-
-class AutopromptWarning(UserWarning):
-    """Something worked, but not as the user probably expected."""
 
 
 class TaskError(AutopromptError):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -41,7 +41,6 @@ class Context:
     progress: bool = True
     resume: bool = False
     worker: int = 0
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 class BaseOptimizer(abc.ABC):
@@ -49,7 +48,6 @@ class BaseOptimizer(abc.ABC):
 
     Attributes:
         name: the name the CLI and :func:`autoprompt.optimize` know it by.
-        info_: what the last ``compile`` found out (candidates tried, scores...), for the run files.
     """
 
     name: ClassVar[str]
