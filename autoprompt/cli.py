@@ -69,10 +69,8 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     task = autoprompt.load_task(args.task, **task_options)
     budget = autoprompt.Budget(max_calls=args.max_calls, max_tokens=args.max_tokens, max_seconds=args.max_seconds)
     lm: Any = args.lm
-    if args.api_base:
-        import dspy
-
-        lm = dspy.LM(args.lm, api_base=args.api_base, api_key=args.api_key or "none", max_tokens=512, temperature=0.0)
+    if args.api_base:  # the key is passed to the LM object only, so it never reaches the run's config
+        lm = autoprompt.build_lm(args.lm, api_base=args.api_base, api_key=args.api_key or "none")
     result = autoprompt.optimize(
         task,
         lm=lm,
@@ -179,16 +177,11 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
     import autoprompt
     from autoprompt.optimizers import Context, optimizer_from_config
-    from autoprompt.report import load_run
+    from autoprompt.report import load_run, study_storage
     from autoprompt.usage import Budget, Meter
 
     config, task, lm = load_run(args.run, lm=args.lm, cache_dir=args.cache_dir)
-    if config["optimizer"]["name"] != "optuna":
-        raise autoprompt.RunError(f"{args.run} ran optimizer {config['optimizer']['name']!r}; workers join optuna runs")
-    storage = args.storage or config["optimizer"]["options"].get("storage") or f"sqlite:///{Path(args.run) / 'study.db'}"
-    if "***" in storage:
-        raise autoprompt.RunError("the run's storage URL has a password, which is never saved: pass --storage URL")
-    optimizer = optimizer_from_config(config["optimizer"], storage=storage)
+    optimizer = optimizer_from_config(config["optimizer"], storage=study_storage(args.run, config, args.storage))
     limits = config["limits"]
     meter = Meter(Budget(**config["budget"]))
     context = Context(trainset=task.examples("train", limit=limits["train"]),

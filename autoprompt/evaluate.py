@@ -119,7 +119,7 @@ def evaluate_program(
             errors += 1
             if errors == i + 1 and errors >= MAX_LEADING_ERRORS:
                 raise LMError(
-                    f"the LM failed on the first {errors} examples of split {split!r}; last error: "
+                    f"the LM failed on the first {errors} examples of split {split!r}; last "
                     f"{failure}. Check that the LM is reachable and configured.",
                     retryable=True,
                 )

@@ -15,7 +15,7 @@ from typing import Any
 
 from autoprompt._exceptions import RunError
 
-__all__ = ["load_config", "load_run", "open_study", "trial_program", "trial_rows", "write_plots"]
+__all__ = ["load_config", "load_run", "open_study", "study_storage", "trial_program", "trial_rows", "write_plots"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +33,9 @@ def load_run(run_dir: str | Path, *, lm: Any = None, cache_dir: str | None = Non
     (``lm`` overrides it; needed when the run's LM was given as an object, which is not saved)."""
     from autoprompt.lms import build_lm
     from autoprompt.run import configure_cache
-    from autoprompt.task import load_task
 
     config = load_config(run_dir)
-    task = load_task(config["task"]["source"], **config["task"].get("options", {}))
+    task = _task_of(config)
     spec = lm or config.get("lm_spec")
     if spec is None:
         raise RunError(f"the LM of {run_dir} was given as an object, which is not saved; name it (CLI: --lm)")
@@ -45,15 +44,30 @@ def load_run(run_dir: str | Path, *, lm: Any = None, cache_dir: str | None = Non
     return config, task, build_lm(spec)
 
 
+def _task_of(config: dict[str, Any]) -> Any:
+    from autoprompt.task import load_task
+
+    return load_task(config["task"]["source"], **config["task"].get("options", {}))
+
+
+def study_storage(run_dir: str | Path, config: dict[str, Any], storage: str | None = None) -> str:
+    """The storage URL of a run's study: ``storage`` if given, else the recorded one, else the
+    default SQLite file in the run directory. Refuses a recorded URL whose password was hidden."""
+    if config["optimizer"]["name"] != "optuna":
+        raise RunError(f"{run_dir} ran optimizer {config['optimizer']['name']!r}, which keeps no Optuna study")
+    url = storage or config["optimizer"]["options"].get("storage") or f"sqlite:///{Path(run_dir) / 'study.db'}"
+    if "***" in url:
+        raise RunError("the run's storage URL has a password, which is never saved: pass it again (CLI: --storage)")
+    return url
+
+
 def open_study(run_dir: str | Path, storage: str | None = None) -> Any:
     """The run's Optuna study (runs of the ``optuna`` optimizer only); ``storage`` overrides the URL."""
     import optuna
 
     config = load_config(run_dir)
     options = config["optimizer"]["options"]
-    if config["optimizer"]["name"] != "optuna":
-        raise RunError(f"{run_dir} ran optimizer {config['optimizer']['name']!r}, which keeps no Optuna study")
-    storage = storage or options.get("storage") or f"sqlite:///{Path(run_dir) / 'study.db'}"
+    storage = study_storage(run_dir, config, storage)
     try:
         return optuna.load_study(study_name=options.get("study_name", "autoprompt"), storage=storage)
     except KeyError as exc:
@@ -124,13 +138,11 @@ def write_plots(study: Any, out_dir: str | Path) -> list[Path]:
 def trial_program(run_dir: str | Path, trial_number: int) -> tuple[Any, Any, dict]:
     """``(task, program, task_params)`` of one trial of a run, e.g. a point of the Pareto front."""
     from autoprompt.optimizers._optuna import build_program
-    from autoprompt.task import load_task
 
-    config = load_config(run_dir)
     study = open_study(run_dir)
     if not 0 <= trial_number < len(study.trials):
         raise RunError(f"trial {trial_number} does not exist; the study has trials 0..{len(study.trials) - 1}")
-    task = load_task(config["task"]["source"], **config["task"].get("options", {}))
+    task = _task_of(load_config(run_dir))
     pool = study.user_attrs["pool"]
     trial = study.trials[trial_number]
     task_params = trial.user_attrs.get("task_params", {})
