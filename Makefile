@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 # llama.cpp is compiled for x86-64 with AVX2 instead of -march=native: native builds (AVX-512/AMX
 # kernels) crashed in batched prompt decoding on our 2-core CI machines.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+TORCH ?= torch==2.13.0
 DEMO_ARGS ?= --dev-limit 200 --test-limit 200 --max-seconds 240
 
 .PHONY: install postgres demo test test-slow clean
@@ -16,6 +17,8 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
+	# torch's CPU build first (2.13.0 lies in this machine's wheel folder); a bare `torch` pulls CUDA
+	$(BIN)/python -m pip install $(TORCH)
 	$(BIN)/python -m pip install -e '.[test]'
 	touch $@
 

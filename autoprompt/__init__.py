@@ -13,11 +13,13 @@ from autoprompt._exceptions import (
     BudgetExhausted,
     DataError,
     ExportError,
+    FinetuneError,
     LMError,
     RunError,
     TaskError,
 )
 from autoprompt._version import __version__
+from autoprompt.bettertogether import BetterTogetherResult, better_together
 from autoprompt.export import export_prompt, load_prompt, render_messages
 from autoprompt.lms import build_lm
 from autoprompt.run import Result, configure_cache, optimize
@@ -26,16 +28,19 @@ from autoprompt.usage import Budget
 
 __all__ = [
     "AutopromptError",
+    "BetterTogetherResult",
     "Budget",
     "BudgetExhausted",
     "DataError",
     "ExportError",
+    "FinetuneError",
     "LMError",
     "Result",
     "RunError",
     "Task",
     "TaskError",
     "__version__",
+    "better_together",
     "build_lm",
     "configure_cache",
     "exact_match",

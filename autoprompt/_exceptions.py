@@ -8,6 +8,7 @@ Every error names what was wrong (file, field, value) and how to fix it.
      +-- LMError            the LM could not be built or reached (``retryable`` says if a retry helps)
      +-- BudgetExhausted    a cap on LM calls was reached; the run keeps its best so far
      +-- ExportError        an exported file cannot be written or read back
+     +-- FinetuneError      fine-tuning cannot run (extra not installed, no data) or its job failed
      +-- RunError           a run directory is missing or incomplete
 """
 
@@ -18,6 +19,7 @@ __all__ = [
     "BudgetExhausted",
     "DataError",
     "ExportError",
+    "FinetuneError",
     "LMError",
     "RunError",
     "TaskError",
@@ -55,6 +57,10 @@ class BudgetExhausted(AutopromptError):
 
 class ExportError(AutopromptError):
     """An export cannot be written, or a file cannot be loaded back."""
+
+
+class FinetuneError(AutopromptError):
+    """Fine-tuning cannot run (the ``finetune`` extra is missing, the data is empty) or its job failed."""
 
 
 class RunError(AutopromptError):

@@ -3,6 +3,7 @@
     autoprompt optimize tasks/sentiment.py [--optimizer optuna] [--lm local] [--max-calls N] ...
     autoprompt export RUN --format json|messages|text [-o FILE]
     autoprompt evaluate tasks/sentiment.py --prompt RUN/prompt.json --split test
+    autoprompt better-together tasks/iris.py --all
 """
 
 from __future__ import annotations
@@ -150,6 +151,43 @@ def _cmd_export_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _strategy(text: str) -> str:
+    from autoprompt.bettertogether import parse_strategy
+
+    try:
+        return " -> ".join(parse_strategy(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _cmd_better_together(args: argparse.Namespace) -> int:
+    import autoprompt
+    from autoprompt.bettertogether import STRATEGIES
+
+    if args.cache_dir:
+        autoprompt.configure_cache(args.cache_dir)
+    task = autoprompt.load_task(args.task, **_kv(args.task_option, "--task-option"))
+    strategies = list(STRATEGIES) if args.all else (args.strategy or ["p -> w -> p"])
+    finetune_options = _kv(args.finetune_option, "--finetune-option")
+    finetuner = None
+    if args.finetuner != "lora" or finetune_options:
+        from autoprompt.finetune import get_finetuner
+
+        if args.finetuner == "lora":
+            finetune_options = {"seed": args.seed, "progress": not args.no_progress, **finetune_options}
+        finetuner = get_finetuner(args.finetuner, **finetune_options)
+    budget = autoprompt.Budget(max_calls=args.max_calls, max_seconds=args.max_seconds)
+    result = autoprompt.better_together(
+        task, strategies, lm=args.lm, optimizer=args.optimizer, optimizer_options=_kv(args.option, "--option"),
+        budget=budget, finetuner=finetuner, data_options=_kv(args.data_option, "--data-option"), seed=args.seed,
+        run_dir=args.run_dir, runs_root=args.runs_root, train_limit=args.train_limit, dev_limit=args.dev_limit,
+        test_limit=args.test_limit, test=not args.no_test, progress=not args.no_progress,
+    )
+    print(result.table())
+    print(f"\nwhole run: {result.seconds:.0f} s wall time; run directory: {result.run_dir}")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from autoprompt.report import open_study, trial_rows, write_plots
 
@@ -175,7 +213,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_worker(args: argparse.Namespace) -> int:
     import dspy
 
-    import autoprompt
     from autoprompt.optimizers import Context, optimizer_from_config
     from autoprompt.report import load_run, study_storage
     from autoprompt.usage import Budget, Meter
@@ -266,6 +303,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_export_data)
+
+    p = sub.add_parser("better-together", help="alternate prompt optimization (p) and LoRA fine-tuning (w)")
+    p.add_argument("task")
+    p.add_argument("--strategy", action="append", type=_strategy,
+                   help="e.g. 'p -> w -> p' (the default); repeat for several (shared prefixes run once)")
+    p.add_argument("--all", action="store_true", help="the paper's strategies: p, w, p -> w, w -> p, p -> w -> p")
+    p.add_argument("--lm", default="local")
+    p.add_argument("--optimizer", default="optuna", choices=sorted(OPTIMIZERS), help="for the p steps")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="optimizer option, e.g. n_trials=8")
+    p.add_argument("--finetuner", default="lora", choices=["lora", "openai"], help="for the w steps")
+    p.add_argument("--finetune-option", action="append", metavar="KEY=VALUE", help="e.g. epochs=2, rank=8")
+    p.add_argument("--data-option", action="append", metavar="KEY=VALUE",
+                   help="training-data option, e.g. threshold=1.0, keep_demos=true, val_fraction=0.1")
+    p.add_argument("--task-option", action="append", metavar="KEY=VALUE")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-calls", type=int, help="cap on LM calls of each p step")
+    p.add_argument("--max-seconds", type=float, help="cap on wall time of each p step")
+    p.add_argument("--train-limit", type=int, help="also bounds the traces compiled for w")
+    p.add_argument("--dev-limit", type=int)
+    p.add_argument("--test-limit", type=int)
+    p.add_argument("--run-dir")
+    p.add_argument("--runs-root", default="runs")
+    p.add_argument("--cache-dir")
+    p.add_argument("--no-test", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_better_together)
 
     p = sub.add_parser("report", help="print a run's trial table and write PNG plots")
     p.add_argument("run")

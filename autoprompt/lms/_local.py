@@ -123,8 +123,8 @@ class LlamaCppEngine(BaseEngine):
             kwargs: dict[str, Any] = dict(
                 model_path=str(self.model_path), n_ctx=self.n_ctx, seed=self.seed, verbose=False
             )
-            if self.n_threads:
-                kwargs["n_threads"] = self.n_threads
+            if self.n_threads:  # prompt decoding too: its default (all cores) oversubscribes shared CPUs
+                kwargs["n_threads"] = kwargs["n_threads_batch"] = self.n_threads
             if self.lora_path is not None:
                 kwargs["lora_path"] = str(self.lora_path)
             self._llama = llama_cpp.Llama(**kwargs)
