@@ -32,7 +32,7 @@ from typing import Any, Sequence
 
 import dspy
 
-from autoprompt._exceptions import RunError
+from autoprompt._exceptions import FinetuneError, RunError
 from autoprompt._version import __version__
 from autoprompt.evaluate import Evaluation, evaluate_program
 from autoprompt.export import compile_training_data, prompt_document
@@ -77,6 +77,7 @@ class Step:
         strategy: ``"vanilla"``, ``"p"``, ``"p -> w"``, ...
         program: the step's program.
         lm: the LM it runs on (the base LM, or a fine-tuned one).
+        lm_spec: the ``lm=`` string that rebuilds ``lm`` (None when the LM was given as an object).
         evaluations: ``{split: Evaluation}``.
         details: what the step did: the ``p`` run's directory and usage, or the ``w`` step's
             training-data counts and fine-tuning metrics.
@@ -87,6 +88,7 @@ class Step:
     strategy: str
     program: dspy.Module
     lm: dspy.BaseLM
+    lm_spec: str | None = None
     evaluations: dict[str, Evaluation] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
@@ -100,6 +102,7 @@ class Step:
         return {
             "strategy": self.strategy,
             "lm": describe_lm(self.lm),
+            "lm_spec": self.lm_spec,
             "scores": {s: e.to_dict() for s, e in sorted(self.evaluations.items())},
             "details": self.details,
             "seconds": round(self.seconds, 1),
@@ -230,7 +233,7 @@ def better_together(
     needs_w = any("w" in p for p in parsed)
     if needs_w and finetuner is None:
         if not _is_local(base_lm):
-            raise ValueError(
+            raise FinetuneError(
                 f"a 'w' step on {base_lm.model} needs a finetuner for that provider, e.g. "
                 "finetuner=autoprompt.finetune.OpenAIFinetuner('openai/<model>')"
             )
@@ -291,15 +294,17 @@ def better_together(
         folder = path / "steps" / name.replace(" -> ", "-")
         folder.mkdir(parents=True, exist_ok=True)
         if not parts:
-            step = Step("vanilla", task.make_program(), base_lm, path=folder)
+            spec = lm if isinstance(lm, str) or lm is None else None
+            step = Step("vanilla", task.make_program(), base_lm, lm_spec=spec, path=folder)
         else:
             parent = run_step(parts[:-1])
             logger.info("BetterTogether step %r (from %r)", name, parent.strategy)
             if parts[-1] == "p":
-                run = optimize(task, lm=parent.lm, optimizer=optimizer, seed=seed, budget=budget,
-                               run_dir=folder / "run", train_limit=train_limit, dev_limit=dev_limit,
-                               progress=progress, **(optimizer_options or {}))
-                step = Step(name, run.program, parent.lm, path=folder,
+                # a spec when there is one, so that the p step's run directory can be reloaded alone
+                run = optimize(task, lm=parent.lm_spec or parent.lm, optimizer=optimizer, seed=seed,
+                               budget=budget, run_dir=folder / "run", train_limit=train_limit,
+                               dev_limit=dev_limit, progress=progress, **(optimizer_options or {}))
+                step = Step(name, run.program, parent.lm, lm_spec=parent.lm_spec, path=folder,
                             details={"run_dir": str(run.run_dir), "usage": run.usage})
                 step.evaluations["dev"] = run.evaluations[("optimized", "dev")]
             else:
@@ -312,9 +317,10 @@ def better_together(
                 if not data.manifest["options"]["keep_demos"]:
                     for _, predictor in program.named_predictors():
                         predictor.demos = []
-                step = Step(name, program, tuned.lm(), path=folder,
-                            details={"training_data": data.counts, "finetune": {
-                                k: v for k, v in tuned.metrics.items() if k != "losses"}, "lm_spec": tuned.lm_spec})
+                spec = None if tuned.lm_kwargs else tuned.lm_spec  # remote: its key stays in memory
+                details = {"training_data": data.counts,
+                           "finetune": {k: v for k, v in tuned.metrics.items() if k != "losses"}}
+                step = Step(name, program, tuned.lm(), lm_spec=spec, path=folder, details=details)
         score(step)
         step.seconds = time.monotonic() - t0
         _write(folder / "step.json", step.to_dict())

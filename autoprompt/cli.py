@@ -141,6 +141,7 @@ def _cmd_export_data(args: argparse.Namespace) -> int:
         data = compile_training_data(program, task, split=args.split, threshold=args.threshold,
                                      keep_demos=args.keep_demos, dedupe=not args.no_dedupe,
                                      val_fraction=args.val_fraction, limit=args.limit, seed=config["seed"],
+                                     answers=args.answers,
                                      source=str(run / "prompt.json"), progress=not args.no_progress)
     out = Path(args.output)
     parts = data.by_predictor() if args.per_predictor else {None: data}
@@ -295,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train", choices=["train", "dev", "test"])
     p.add_argument("--threshold", type=float, default=1.0, help="keep traces whose metric is at least this")
     p.add_argument("--keep-demos", action="store_true", help="keep the demos in the training prompts")
+    p.add_argument("--answers", default="program", choices=["program", "gold"],
+                   help="the program's passing answers (BetterTogether) or the split's gold labels")
     p.add_argument("--no-dedupe", action="store_true")
     p.add_argument("--val-fraction", type=float, default=0.0)
     p.add_argument("--per-predictor", action="store_true", help="one data set per predictor")

@@ -40,7 +40,7 @@ SETTINGS = {
 }
 
 
-def run_task(name: str, seeds: list[int], epochs: int) -> dict:
+def run_task(name: str, seeds: list[int], epochs: int, strategies: list[str], answers: str) -> dict:
     task = autoprompt.load_task(str(HERE.parent / "tasks" / f"{name}.py"))
     settings = SETTINGS[name]
     started = time.monotonic()
@@ -48,7 +48,8 @@ def run_task(name: str, seeds: list[int], epochs: int) -> dict:
     for seed in seeds:
         t0 = time.monotonic()
         result = autoprompt.better_together(
-            task, list(STRATEGIES), seed=seed, runs_root=RESULTS / "runs", progress=False,
+            task, strategies, seed=seed, runs_root=RESULTS / "runs", progress=False,
+            data_options={"answers": answers},
             optimizer_options=settings["optimizer_options"], train_limit=settings["train_limit"],
             dev_limit=settings["dev_limit"], test_limit=settings["test_limit"],
             finetuner=LoRAFinetuner(seed=seed, epochs=epochs, progress=False),
@@ -59,7 +60,7 @@ def run_task(name: str, seeds: list[int], epochs: int) -> dict:
                      "seconds": round(time.monotonic() - t0, 1),
                      "w_steps": {k: s.details for k, s in result.steps.items() if k.endswith("w")}})
         print(f"{name} seed {seed}: " + ", ".join(f"{k} {100 * v['test']:.1f}" for k, v in rows.items()), flush=True)
-    return {"task": name, "seeds": seeds, "settings": settings, "epochs": epochs, "runs": runs,
+    return {"task": name, "seeds": seeds, "settings": settings, "epochs": epochs, "runs": runs, "answers": answers,
             "command": " ".join(["python", *sys.argv]), "seconds": round(time.monotonic() - started, 1)}
 
 
@@ -75,8 +76,10 @@ def report() -> str:
     ]
     for d in data:
         s = d["settings"]
+        variant = "" if d.get("answers", "program") == "program" else \
+            " — variant: w trains on the gold labels (answers='gold'), not on the program's own answers"
         lines += [
-            f"## {d['task']}",
+            f"## {d['task']}{variant}",
             "",
             f"Command: `{d['command']}`; wall time {d['seconds'] / 60:.0f} min for {len(d['seeds'])} seeds. "
             f"Limits: train {s['train_limit']}, dev {s['dev_limit']}, test {s['test_limit']} (None = whole split); "
@@ -110,15 +113,17 @@ def _plot(data: list[dict]) -> None:
 
     fig, axes = plt.subplots(1, len(data), figsize=(5.5 * len(data), 4), squeeze=False)
     for ax, d in zip(axes[0], data):
+        order = [k for k in ORDER if any(k in r["rows"] for r in d["runs"])]
         means, sds = [], []
-        for strategy in ORDER:
+        for strategy in order:
             tests = [100 * r["rows"][strategy]["test"] for r in d["runs"] if strategy in r["rows"]]
             means.append(statistics.mean(tests) if tests else 0.0)
             sds.append(statistics.stdev(tests) if len(tests) > 1 else 0.0)
-        ax.bar(range(len(ORDER)), means, yerr=sds, capsize=4, color=["#999"] + ["#4c72b0"] * (len(ORDER) - 1))
-        ax.set_xticks(range(len(ORDER)), ORDER, rotation=30, ha="right")
+        ax.bar(range(len(order)), means, yerr=sds, capsize=4, color=["#999"] + ["#4c72b0"] * (len(order) - 1))
+        ax.set_xticks(range(len(order)), order, rotation=30, ha="right")
         ax.set_ylabel("test accuracy % (mean ± sd over seeds)")
-        ax.set_title(f"{d['task']} ({len(d['seeds'])} seeds)")
+        gold = ", w on gold labels" if d.get("answers") == "gold" else ""
+        ax.set_title(f"{d['task']} ({len(d['seeds'])} seeds{gold})")
         ax.set_ylim(0, 100)
     fig.tight_layout()
     fig.savefig(RESULTS / "better_together.png", dpi=120)
@@ -129,13 +134,17 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["iris", "sentiment"], choices=sorted(SETTINGS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=2, help="LoRA epochs per w step")
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
+    parser.add_argument("--answers", default="program", choices=["program", "gold"],
+                        help="what w trains on: the program's passing answers (the paper) or the gold labels")
     parser.add_argument("--report-only", action="store_true", help="rewrite the table and chart from the JSON files")
     args = parser.parse_args()
     if not args.report_only:
         autoprompt.configure_cache(tempfile.mkdtemp(prefix="autoprompt-bt-cache-"))
         for name in args.tasks:
-            out = run_task(name, args.seeds, args.epochs)
-            (RESULTS / f"better_together_{name}.json").write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
+            out = run_task(name, args.seeds, args.epochs, args.strategies, args.answers)
+            suffix = "" if args.answers == "program" else f"_{args.answers}"
+            (RESULTS / f"better_together_{name}{suffix}.json").write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
     print(report())
 
 

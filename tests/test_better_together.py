@@ -27,7 +27,7 @@ def test_strategies_parse_and_bad_ones_are_named() -> None:
 
 def test_remote_lm_without_a_finetuner_is_refused_before_any_work(tmp_path) -> None:
     task = autoprompt.load_task(TASKS / "iris.py")
-    with pytest.raises(ValueError, match="needs a finetuner for that provider.*OpenAIFinetuner"):
+    with pytest.raises(autoprompt.FinetuneError, match="needs a finetuner for that provider.*OpenAIFinetuner"):
         autoprompt.better_together(task, "w", lm="openai/gpt-4o-mini", run_dir=tmp_path / "bt")
     assert not (tmp_path / "bt").exists()
 
@@ -49,6 +49,7 @@ def test_cli_runs_strategies_sharing_prefixes_and_keeps_every_step(tmp_path) -> 
     log = (run / "run.log").read_text()
     assert log.count("BetterTogether step 'p' (from 'vanilla')") == 1  # the shared prefix ran once
     assert (run / "steps" / "p" / "run" / "study.db").is_file()
+    assert json.loads((run / "steps" / "p" / "run" / "config.json").read_text())["lm_spec"] == "local"
 
     for name, source in (("p-w", "'p'"), ("w", "'vanilla'")):
         step = run / "steps" / name
@@ -67,7 +68,7 @@ def test_cli_runs_strategies_sharing_prefixes_and_keeps_every_step(tmp_path) -> 
     task = autoprompt.load_task(TASKS / "iris.py")
     step = json.loads((run / "steps" / "p-w" / "step.json").read_text())
     program = autoprompt.load_prompt(run / "steps" / "p-w" / "prompt.json", task)
-    lm = autoprompt.build_lm(step["details"]["lm_spec"])
+    lm = autoprompt.build_lm(step["lm_spec"])
     with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
         again = evaluate_program(program, task, "dev", limit=8, progress=False)
     assert again.score == step["scores"]["dev"]["score"]

@@ -111,6 +111,7 @@ def compile_training_data(
     limit: int | None = None,
     seed: int = 0,
     source: str | None = None,
+    answers: str = "program",
     progress: bool = True,
 ) -> TrainingData:
     """Run ``program`` over a split (with the current DSPy LM) and keep the passing traces.
@@ -123,11 +124,20 @@ def compile_training_data(
         val_fraction: share of the kept records held out as a validation split (seeded).
         limit: use only the first N examples of the split.
         source: where the program came from (a prompt file, a run), for the manifest.
+        answers: ``"program"`` (BetterTogether: the program's own answers, kept when the metric
+            passes) or ``"gold"`` (the split's labels as the answers to the program's prompts, no
+            LM call: plain supervised fine-tuning; single-predictor programs only).
     """
     from tqdm.auto import tqdm
 
     if not 0.0 <= val_fraction < 1.0:
         raise ExportError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    if answers not in ("program", "gold"):
+        raise ExportError(f"answers must be 'program' or 'gold', got {answers!r}")
+    predictors = program.named_predictors()
+    if answers == "gold" and len(predictors) != 1:
+        raise ExportError(f"answers='gold' needs a single-predictor program; this one has {len(predictors)} "
+                          "predictors (their intermediate answers have no labels): use answers='program'")
     adapter = dspy.JSONAdapter()
     names = {id(p): n for n, p in program.named_predictors()}
     counts = {"examples": 0, "kept_examples": 0, "dropped_metric": 0, "dropped_parse": 0, "dropped_error": 0,
@@ -137,6 +147,15 @@ def compile_training_data(
     examples = task.examples(split, limit=limit)
     for example in tqdm(examples, desc=f"compile {split}", disable=not progress, unit="ex", leave=False):
         counts["examples"] += 1
+        if answers == "gold":  # the labels answer the program's prompt; nothing to run or filter
+            predictor = predictors[0][1]
+            outputs = {k: example[k] for k in predictor.signature.output_fields if k in example}
+            if len(outputs) != len(predictor.signature.output_fields):
+                raise ExportError(f"answers='gold': a {split} example lacks output fields "
+                                  f"{sorted(set(predictor.signature.output_fields) - set(outputs))}")
+            counts["kept_examples"] += 1
+            _add(records, seen, counts, adapter, predictor, names, dict(example.inputs()), outputs, keep_demos, dedupe)
+            continue
         with dspy.context(trace=[], adapter=adapter):
             prediction, failure = run_one(program, example)
             trace = list(dspy.settings.trace)
@@ -151,18 +170,7 @@ def compile_training_data(
             continue
         counts["kept_examples"] += 1
         for predictor, inputs, outputs in trace:
-            demos = [d.toDict() if hasattr(d, "toDict") else dict(d) for d in predictor.demos] if keep_demos else []
-            # JSONAdapter has no format_finetune_data: the same two calls ChatAdapter's makes
-            messages = adapter.format(predictor.signature, demos, dict(inputs)) + [{
-                "role": "assistant",
-                "content": adapter.format_assistant_message_content(predictor.signature, dict(outputs)),
-            }]
-            key = hashlib.sha256(json.dumps(messages, sort_keys=True, default=str).encode()).hexdigest()
-            if dedupe and key in seen:
-                counts["duplicates"] += 1
-                continue
-            seen.add(key)
-            records.append({"predictor": names.get(id(predictor), "?"), "messages": messages})
+            _add(records, seen, counts, adapter, predictor, names, dict(inputs), dict(outputs), keep_demos, dedupe)
     counts["records"] = len(records)
     order = list(range(len(records)))
     random.Random(seed).shuffle(order)
@@ -180,8 +188,25 @@ def compile_training_data(
         "lm": getattr(lm, "model", None),
         "filter": {"metric": getattr(task.metric, "__name__", repr(task.metric)), "threshold": threshold},
         "options": {"keep_demos": keep_demos, "dedupe": dedupe, "val_fraction": val_fraction, "limit": limit,
-                    "seed": seed},
+                    "seed": seed, "answers": answers},
         "counts": counts,
     }
     logger.info("training data: %s", counts)
     return TrainingData(train=train, val=val, counts=counts, manifest=manifest)
+
+
+def _add(records: list, seen: set, counts: dict, adapter: Any, predictor: Any, names: dict, inputs: dict,
+         outputs: dict, keep_demos: bool, dedupe: bool) -> None:
+    """One training record: the messages the adapter sends for ``inputs`` and the answer ``outputs``."""
+    demos = [d.toDict() if hasattr(d, "toDict") else dict(d) for d in predictor.demos] if keep_demos else []
+    # JSONAdapter has no format_finetune_data: the same two calls ChatAdapter's makes
+    messages = adapter.format(predictor.signature, demos, inputs) + [{
+        "role": "assistant",
+        "content": adapter.format_assistant_message_content(predictor.signature, outputs),
+    }]
+    key = hashlib.sha256(json.dumps(messages, sort_keys=True, default=str).encode()).hexdigest()
+    if dedupe and key in seen:
+        counts["duplicates"] += 1
+        return
+    seen.add(key)
+    records.append({"predictor": names.get(id(predictor), "?"), "messages": messages})

@@ -53,7 +53,8 @@ class OpenAIFinetuner(BaseFinetuner):
         hyperparameters: dict[str, Any] | None = None,
     ) -> None:
         if not model.startswith("openai/"):
-            raise FinetuneError(f"model must be an 'openai/<name>' model string for an OpenAI-compatible API, got {model!r}")
+            raise FinetuneError(
+                f"model must be an 'openai/<name>' model string for an OpenAI-compatible API, got {model!r}")
         self.model = model
         self.api_base = api_base
         self._api_key = api_key

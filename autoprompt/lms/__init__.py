@@ -27,9 +27,6 @@ def _local_engine(spec: str) -> LlamaCppEngine:
     # one llama.cpp instance per (model file, adapter) and process: loading costs time and memory
     model, _, lora = spec.partition("?lora=")
     path = model[len("local:"):] if model.startswith("local:") else None
-    if model != "local" and path is None:
-        raise TypeError(f"Invalid local lm {spec!r}: use 'local', 'local:/path/model.gguf', optionally "
-                        "followed by '?lora=/path/adapter.gguf'")
     key = f"{path or '<embedded>'}?lora={lora}"
     if key not in _local_engines:
         _local_engines[key] = LlamaCppEngine(path or None, lora_path=lora or None)

@@ -80,3 +80,16 @@ def test_bad_options(small_task, program, tmp_path):
     data = autoprompt.export.TrainingData([], [], {})
     with pytest.raises(ExportError, match="format must be one of"):
         data.save(tmp_path, format="csv")
+
+
+def test_gold_answers_need_no_lm_and_match_the_program_prompts(lm, small_task, program):
+    """answers='gold': the labels answer the same prompts the program sends (plain supervised data)."""
+    gold = compile_training_data(program, small_task, limit=6, answers="gold", dedupe=False, progress=False)
+    assert gold.counts["kept_examples"] == gold.counts["records"] == 6 and gold.manifest["options"]["answers"] == "gold"
+    labels = [e.label for e in small_task.examples("train", limit=6)]
+    assert [json.loads(r["messages"][-1]["content"])["label"] for r in gold.train] == labels
+    with dspy.context(lm=lm):
+        traced = compile_training_data(program, small_task, limit=6, threshold=0.0, dedupe=False, progress=False)
+    assert [r["messages"][:-1] for r in traced.train] == [r["messages"][:-1] for r in gold.train]
+    with pytest.raises(ExportError, match="answers must be 'program' or 'gold'"):
+        compile_training_data(program, small_task, answers="labels")

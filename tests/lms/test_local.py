@@ -84,10 +84,18 @@ def test_build_lm_rejects_bad_arguments():
         build_lm("local", api_key="x")
     with pytest.raises(LMError, match="does not exist"):
         LlamaCppEngine("no/such/model.gguf")
+    with pytest.raises(LMError, match="model file no/such/adapter.gguf does not exist"):
+        build_lm("local?lora=no/such/adapter.gguf")
+
+
+def test_local_specs_share_one_engine_per_model_and_adapter():
+    base = build_lm("local").engine
+    assert build_lm(None).engine is base and build_lm(f"local:{smollm2_path()}").engine is not base
+    assert base.lora_path is None and base.model_path == smollm2_path()
 
 
 def test_engine_chat_without_dspy_honours_a_json_schema():
-    engine = autoprompt.lms._local_engine(None) if hasattr(autoprompt.lms, "_local_engine") else LlamaCppEngine()
+    engine = build_lm("local").engine
     schema = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
               "required": ["answer"]}
     out = engine.chat([{"role": "user", "content": "Is the sky blue? Answer in JSON."}],
