@@ -178,8 +178,11 @@ def _cmd_better_together(args: argparse.Namespace) -> int:
             finetune_options = {"seed": args.seed, "progress": not args.no_progress, **finetune_options}
         finetuner = get_finetuner(args.finetuner, **finetune_options)
     budget = autoprompt.Budget(max_calls=args.max_calls, max_seconds=args.max_seconds)
+    lm: Any = args.lm
+    if args.api_base:  # the key is passed to the LM object only, so it never reaches the run's files
+        lm = autoprompt.build_lm(args.lm, api_base=args.api_base, api_key=args.api_key or "none")
     result = autoprompt.better_together(
-        task, strategies, lm=args.lm, optimizer=args.optimizer, optimizer_options=_kv(args.option, "--option"),
+        task, strategies, lm=lm, optimizer=args.optimizer, optimizer_options=_kv(args.option, "--option"),
         budget=budget, finetuner=finetuner, data_options=_kv(args.data_option, "--data-option"), seed=args.seed,
         run_dir=args.run_dir, runs_root=args.runs_root, train_limit=args.train_limit, dev_limit=args.dev_limit,
         test_limit=args.test_limit, test=not args.no_test, progress=not args.no_progress,
@@ -313,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="e.g. 'p -> w -> p' (the default); repeat for several (shared prefixes run once)")
     p.add_argument("--all", action="store_true", help="the paper's strategies: p, w, p -> w, w -> p, p -> w -> p")
     p.add_argument("--lm", default="local")
+    p.add_argument("--api-base", help="base URL of an OpenAI-compatible server (with --lm hosted_vllm/<model>)")
+    p.add_argument("--api-key", help="API key for --api-base (never written to run files)")
     p.add_argument("--optimizer", default="optuna", choices=sorted(OPTIMIZERS), help="for the p steps")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="optimizer option, e.g. n_trials=8")
     p.add_argument("--finetuner", default="lora", choices=["lora", "openai"], help="for the w steps")
