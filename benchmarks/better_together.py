@@ -40,11 +40,23 @@ SETTINGS = {
 }
 
 
-def run_task(name: str, seeds: list[int], epochs: int, strategies: list[str], answers: str) -> dict:
+def from_run_dir(path: Path) -> dict:
+    """A finished seed's entry rebuilt from its run directory (to resume a benchmark cut short)."""
+    results = json.loads((path / "results.json").read_text())
+    config = json.loads((path / "config.json").read_text())
+    rows = {r["strategy"]: {"dev": r["dev"], "test": r["test"], "n": r["n"], "seconds": r["seconds"]}
+            for r in results["rows"]}
+    return {"seed": config["seed"], "rows": rows, "run_dir": str(path.resolve().relative_to(HERE.parent)),
+            "seconds": results["seconds"],
+            "w_steps": {k: s["details"] for k, s in results["steps"].items() if k.endswith("w")}}
+
+
+def run_task(name: str, seeds: list[int], epochs: int, strategies: list[str], answers: str,
+             earlier: list[Path]) -> dict:
     task = autoprompt.load_task(str(HERE.parent / "tasks" / f"{name}.py"))
     settings = SETTINGS[name]
     started = time.monotonic()
-    runs = []
+    runs = [from_run_dir(p) for p in earlier]
     for seed in seeds:
         t0 = time.monotonic()
         result = autoprompt.better_together(
@@ -60,7 +72,7 @@ def run_task(name: str, seeds: list[int], epochs: int, strategies: list[str], an
                      "seconds": round(time.monotonic() - t0, 1),
                      "w_steps": {k: s.details for k, s in result.steps.items() if k.endswith("w")}})
         print(f"{name} seed {seed}: " + ", ".join(f"{k} {100 * v['test']:.1f}" for k, v in rows.items()), flush=True)
-    return {"task": name, "seeds": seeds, "settings": settings, "epochs": epochs, "runs": runs, "answers": answers,
+    return {"task": name, "seeds": [r["seed"] for r in runs], "settings": settings, "epochs": epochs, "runs": runs, "answers": answers,
             "command": " ".join(["python", *sys.argv]), "seconds": round(time.monotonic() - started, 1)}
 
 
@@ -137,12 +149,14 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
     parser.add_argument("--answers", default="program", choices=["program", "gold"],
                         help="what w trains on: the program's passing answers (the paper) or the gold labels")
+    parser.add_argument("--add-run-dirs", nargs="*", type=Path, default=[],
+                        help="finished seeds' run directories to include (a benchmark cut short, resumed)")
     parser.add_argument("--report-only", action="store_true", help="rewrite the table and chart from the JSON files")
     args = parser.parse_args()
     if not args.report_only:
         autoprompt.configure_cache(tempfile.mkdtemp(prefix="autoprompt-bt-cache-"))
         for name in args.tasks:
-            out = run_task(name, args.seeds, args.epochs, args.strategies, args.answers)
+            out = run_task(name, args.seeds, args.epochs, args.strategies, args.answers, args.add_run_dirs)
             suffix = "" if args.answers == "program" else f"_{args.answers}"
             (RESULTS / f"better_together_{name}{suffix}.json").write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
     print(report())

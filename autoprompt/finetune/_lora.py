@@ -61,6 +61,8 @@ class LoRAFinetuner(BaseFinetuner):
         learning_rate: AdamW learning rate (decays linearly to 0).
         epochs: passes over the training data.
         batch_size: examples per optimizer step.
+        micro_batch_size: examples per forward/backward pass (gradients accumulate over the batch;
+            bounds memory: about 1.5 GB for 2 prompts of 300 tokens).
         max_length: examples with more tokens (prompt + answer) are skipped and counted.
         max_steps: stop after this many steps (default: ``epochs`` full passes).
         seed: seeds the LoRA initialisation and the order of examples.
@@ -86,6 +88,7 @@ class LoRAFinetuner(BaseFinetuner):
         learning_rate: float = 1e-3,
         epochs: int = 2,
         batch_size: int = 8,
+        micro_batch_size: int = 2,
         max_length: int = 768,
         max_steps: int | None = None,
         seed: int = 0,
@@ -100,6 +103,7 @@ class LoRAFinetuner(BaseFinetuner):
         self.learning_rate = learning_rate
         self.epochs = epochs
         self.batch_size = batch_size
+        self.micro_batch_size = micro_batch_size
         self.max_length = max_length
         self.max_steps = max_steps
         self.seed = seed
@@ -111,7 +115,8 @@ class LoRAFinetuner(BaseFinetuner):
                 f"target_modules {bad} cannot be served by llama.cpp (q_proj/k_proj are stored permuted in "
                 f"GGUF); choose from {list(DEFAULT_TARGET_MODULES)}"
             )
-        for field, value in (("rank", rank), ("epochs", epochs), ("batch_size", batch_size)):
+        for field, value in (("rank", rank), ("epochs", epochs), ("batch_size", batch_size),
+                             ("micro_batch_size", micro_batch_size)):
             if not isinstance(value, int) or value < 1:
                 raise FinetuneError(f"{field} must be a positive integer, got {value!r}")
 
@@ -181,20 +186,19 @@ class LoRAFinetuner(BaseFinetuner):
             order = list(range(len(train)))
             rng.shuffle(order)
             for i in range(0, len(order), self.batch_size):
-                batch = _collate([train[j] for j in order[i:i + self.batch_size]], pad_id, torch)
-                loss = model(**batch).loss
-                loss.backward()
+                rows = [train[j] for j in order[i:i + self.batch_size]]
+                loss = _step_loss(model, rows, pad_id, self.micro_batch_size, torch, backward=True)
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optimizer.step()
                 schedule.step()
                 optimizer.zero_grad()
-                losses.append(round(loss.item(), 5))
+                losses.append(round(loss, 5))
                 step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
                 if step % steps_per_epoch == 0 or step == total:
                     if val:
-                        val_losses.append(round(_mean_loss(model, val, pad_id, self.batch_size, torch), 5))
+                        val_losses.append(round(_mean_loss(model, val, pad_id, self.micro_batch_size, torch), 5))
                     logger.info("step %d/%d: train loss %.4f%s", step, total, losses[-1],
                                 f", val loss {val_losses[-1]:.4f}" if val else "")
                 if step >= total:
@@ -254,23 +258,54 @@ def _encode(tokenizer: Any, records: list[dict[str, Any]], max_length: int) -> t
 
 
 def _collate(rows: list[dict[str, list[int]]], pad_id: int, torch: Any) -> dict[str, Any]:
+    """Left-padded batch: every answer ends at the last position, so only the last few positions
+    need logits (a 49k-word vocabulary over every prompt token took ~10 GB on CPU)."""
     width = max(len(r["input_ids"]) for r in rows)
-    ids = [r["input_ids"] + [pad_id] * (width - len(r["input_ids"])) for r in rows]
-    labels = [r["labels"] + [-100] * (width - len(r["labels"])) for r in rows]
-    mask = [[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in rows]
-    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
+    pads = [width - len(r["input_ids"]) for r in rows]
+    return {
+        "input_ids": torch.tensor([[pad_id] * n + r["input_ids"] for n, r in zip(pads, rows)]),
+        "labels": torch.tensor([[-100] * n + r["labels"] for n, r in zip(pads, rows)]),
+        "attention_mask": torch.tensor([[0] * n + [1] * len(r["input_ids"]) for n, r in zip(pads, rows)]),
+        "position_ids": torch.tensor([[0] * n + list(range(len(r["input_ids"]))) for n, r in zip(pads, rows)]),
+    }
 
 
-def _mean_loss(model: Any, rows: list[dict[str, list[int]]], pad_id: int, batch_size: int, torch: Any) -> float:
+def _answer_tokens(rows: list[dict[str, list[int]]]) -> int:
+    return sum(sum(1 for t in r["labels"] if t != -100) for r in rows)
+
+
+def _summed_loss(model: Any, batch: dict[str, Any], torch: Any) -> Any:
+    """Summed cross-entropy over the answer tokens, with logits for the answer positions only."""
+    labels = batch["labels"]
+    answer = int((labels != -100).sum(dim=1).max())
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                position_ids=batch["position_ids"], logits_to_keep=answer + 1)
+    logits = out.logits[:, :-1, :]  # position t predicts token t + 1
+    target = labels[:, -answer:]
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
+                                             ignore_index=-100, reduction="sum")
+
+
+def _step_loss(model: Any, rows: list[dict[str, list[int]]], pad_id: int, micro: int, torch: Any,
+               backward: bool) -> float:
+    """Mean loss per answer token over ``rows``, run ``micro`` examples at a time (activations of a
+    whole batch of ~300-token prompts took over 10 GB on CPU); gradients accumulate when ``backward``."""
+    tokens = max(_answer_tokens(rows), 1)
+    total = 0.0
+    for i in range(0, len(rows), micro):
+        loss = _summed_loss(model, _collate(rows[i:i + micro], pad_id, torch), torch)
+        if backward:
+            (loss / tokens).backward()
+        total += loss.item()
+    return total / tokens
+
+
+def _mean_loss(model: Any, rows: list[dict[str, list[int]]], pad_id: int, micro: int, torch: Any) -> float:
     model.eval()
-    total, n = 0.0, 0
     with torch.no_grad():
-        for i in range(0, len(rows), batch_size):
-            chunk = rows[i:i + batch_size]
-            total += float(model(**_collate(chunk, pad_id, torch)).loss) * len(chunk)
-            n += len(chunk)
+        value = _step_loss(model, rows, pad_id, micro, torch, backward=False)
     model.train()
-    return total / max(n, 1)
+    return value
 
 
 def _sha256(path: Path) -> str:
