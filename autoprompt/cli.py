@@ -63,15 +63,22 @@ def summary_table(result: Any) -> str:
     return "\n".join(lines)
 
 
+def _lm(args: argparse.Namespace) -> Any:
+    """``--lm``, or with ``--api-base`` an LM object: the key reaches it only, never the run's files."""
+    if not args.api_base:
+        return args.lm
+    import autoprompt
+
+    return autoprompt.build_lm(args.lm, api_base=args.api_base, api_key=args.api_key or "none")
+
+
 def _cmd_optimize(args: argparse.Namespace) -> int:
     import autoprompt
 
     task_options = _kv(args.task_option, "--task-option")
     task = autoprompt.load_task(args.task, **task_options)
     budget = autoprompt.Budget(max_calls=args.max_calls, max_tokens=args.max_tokens, max_seconds=args.max_seconds)
-    lm: Any = args.lm
-    if args.api_base:  # the key is passed to the LM object only, so it never reaches the run's config
-        lm = autoprompt.build_lm(args.lm, api_base=args.api_base, api_key=args.api_key or "none")
+    lm = _lm(args)
     result = autoprompt.optimize(
         task,
         lm=lm,
@@ -178,9 +185,7 @@ def _cmd_better_together(args: argparse.Namespace) -> int:
             finetune_options = {"seed": args.seed, "progress": not args.no_progress, **finetune_options}
         finetuner = get_finetuner(args.finetuner, **finetune_options)
     budget = autoprompt.Budget(max_calls=args.max_calls, max_seconds=args.max_seconds)
-    lm: Any = args.lm
-    if args.api_base:  # the key is passed to the LM object only, so it never reaches the run's files
-        lm = autoprompt.build_lm(args.lm, api_base=args.api_base, api_key=args.api_key or "none")
+    lm = _lm(args)
     result = autoprompt.better_together(
         task, strategies, lm=lm, optimizer=args.optimizer, optimizer_options=_kv(args.option, "--option"),
         budget=budget, finetuner=finetuner, data_options=_kv(args.data_option, "--data-option"), seed=args.seed,
