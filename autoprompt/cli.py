@@ -258,6 +258,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from autoprompt._version import __version__
+    from autoprompt.finetune import FINETUNERS
     from autoprompt.optimizers import OPTIMIZERS
 
     parser = argparse.ArgumentParser(prog="autoprompt", description="Automated prompt optimization.")
@@ -325,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", help="API key for --api-base (never written to run files)")
     p.add_argument("--optimizer", default="optuna", choices=sorted(OPTIMIZERS), help="for the p steps")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="optimizer option, e.g. n_trials=8")
-    p.add_argument("--finetuner", default="lora", choices=["lora", "openai"], help="for the w steps")
+    p.add_argument("--finetuner", default="lora", choices=sorted(FINETUNERS), help="for the w steps")
     p.add_argument("--finetune-option", action="append", metavar="KEY=VALUE", help="e.g. epochs=2, rank=8")
     p.add_argument("--data-option", action="append", metavar="KEY=VALUE",
                    help="training-data option, e.g. threshold=1.0, keep_demos=true, val_fraction=0.1")
