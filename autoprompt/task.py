@@ -35,7 +35,7 @@ import dspy
 from autoprompt import data as _data
 from autoprompt._exceptions import DataError, TaskError
 
-__all__ = ["SPLITS", "Task", "exact_match", "load_task"]
+__all__ = ["SPLITS", "Task", "exact_match", "load_task", "stratified_sample"]
 
 logger = logging.getLogger(__name__)
 
@@ -169,14 +169,26 @@ class Task:
         return self._program
 
     # -- data --------------------------------------------------------------------------------
-    def examples(self, split: str, limit: int | None = None) -> list[dspy.Example]:
-        """The examples of a split, as ``dspy.Example`` with inputs set."""
+    def examples(self, split: str, limit: int | None = None, *, seed: int | None = 0) -> list[dspy.Example]:
+        """The examples of a split, as ``dspy.Example`` with inputs set.
+
+        Args:
+            limit: at most this many examples: a seeded sample stratified over the labels (a split
+                sorted by label, like Banking77's test file, gives every label its share instead of
+                the first label only), in the split's order.
+            seed: the sample's seed (default 0: the same sample in every run); ``None``: the first
+                ``limit`` rows.
+        """
         if split not in SPLITS:
             raise TaskError(f"split must be one of {SPLITS}, got {split!r}")
         if split not in self._examples:
             self._examples[split] = self._load(split)
         rows = self._examples[split]
-        return rows[:limit] if limit else rows
+        if not limit or limit >= len(rows):
+            return rows
+        if seed is None:
+            return rows[:limit]
+        return stratified_sample(rows, limit, seed=seed, key=lambda ex: str(ex[self.label_field]))
 
     def _load(self, split: str) -> list[dspy.Example]:
         source = self.sources[split]
@@ -259,6 +271,33 @@ class Task:
 
     def __repr__(self) -> str:
         return f"Task(name={self.name!r}, source={self.source!r})"
+
+
+def stratified_sample(rows: list[Any], n: int, *, seed: int, key: Callable[[Any], str]) -> list[Any]:
+    """``n`` of ``rows``, each label's share proportional to its count (largest remainder), seeded;
+    the chosen rows keep their order in ``rows``.
+
+    Example:
+        >>> rows = ["a1", "a2", "a3", "a4", "b1", "b2"]
+        >>> sorted(stratified_sample(rows, 3, seed=0, key=lambda r: r[0]))[0][0], len(stratified_sample(rows, 3, seed=0, key=lambda r: r[0]))
+        ('a', 3)
+    """
+    import random
+
+    groups: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(key(row), []).append(i)
+    rng = random.Random(seed)
+    quotas = {k: n * len(v) / len(rows) for k, v in groups.items()}
+    take = {k: int(q) for k, q in quotas.items()}
+    for k in sorted(groups, key=lambda k: (-(quotas[k] - take[k]), k))[: n - sum(take.values())]:
+        take[k] += 1
+    chosen: list[int] = []
+    for k in sorted(groups):
+        ids = list(groups[k])
+        rng.shuffle(ids)
+        chosen += ids[: take[k]]
+    return [rows[i] for i in sorted(chosen)]
 
 
 def _literal_choices(sig: type[dspy.Signature], field: str) -> list[str] | None:

@@ -127,3 +127,25 @@ def test_exact_match_metric_and_parse_failures_score_zero():
     assert metric(dspy.Example(label="positive"), dspy.Prediction(label="negative")) == 0.0
     task = autoprompt.Task(name="t", program="text -> label", train=[{"text": "a", "label": "b"}], dev=[{"text": "a", "label": "b"}])
     assert task.score(task.examples("dev")[0], None) == 0.0
+
+
+def test_a_limit_is_a_seeded_sample_stratified_over_the_labels(sst2_dir):
+    """Banking77's test file is sorted by label (40 rows each): its first 77 rows are two intents; a limit
+    of 77 takes one row of each of the 77, and 231 three of each (the benchmarks' sample)."""
+    import autoprompt
+
+    task = autoprompt.load_task(TASKS / "banking77.py")
+    first = task.examples("test", limit=77, seed=None)
+    assert len({e.intent for e in first}) == 2
+    sample = task.examples("test", limit=77)
+    assert len(sample) == 77 and len({e.intent for e in sample}) == 77
+    assert [e.text for e in task.examples("test", limit=77)] == [e.text for e in sample]  # seeded: the same rows
+    assert [e.text for e in task.examples("test", limit=77, seed=1)] != [e.text for e in sample]
+    import collections
+
+    assert set(collections.Counter(e.intent for e in task.examples("test", limit=231)).values()) == {3}
+    rows = task.examples("test")
+    assert [rows.index(e) for e in sample] == sorted(rows.index(e) for e in sample)  # in the split's order
+    sentiment = autoprompt.load_task(TASKS / "sentiment.py").examples("dev", limit=100)
+    labels = [e.label for e in sentiment]
+    assert abs(labels.count("positive") - labels.count("negative")) <= 10  # the split's own label shares
