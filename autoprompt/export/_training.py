@@ -5,6 +5,14 @@ The program runs over a split with DSPy tracing on; every example whose metric r
 JSONAdapter the program is optimized and served with. Answers
 that do not parse are dropped and counted, never raised.
 
+Traces can be balanced over the labels (``balance=True``, the default for a BetterTogether ``w``
+step): a program that answers one label for nearly every input passes the metric nearly only on that
+label, and a LoRA trained on such traces learns to answer that label. With ``max_traces`` the
+examples are visited in a seeded random order, each declared choice gets a quota of
+``max_traces / len(choices)`` kept examples, an example whose label's quota is full is skipped
+without an LM call, and the pass stops when every quota is full. The manifest records the label
+histogram of what was kept, dropped by the metric, dropped to balance, and never run.
+
 Formats: ``openai`` (chat fine-tuning JSONL: ``{"messages": [...]}``), ``trl`` (TRL's
 conversational prompt/completion JSONL: ``{"prompt": [...], "completion": [...]}``) and ``hf``
 (a ``datasets.Dataset`` saved with ``save_to_disk`` plus a parquet file per split). Each export
@@ -27,6 +35,7 @@ from autoprompt._exceptions import ExportError
 from autoprompt._version import __version__
 from autoprompt.evaluate import run_one
 from autoprompt.export._prompt import dump_json
+from autoprompt.export._render import json_schema
 
 __all__ = ["DATA_FORMATS", "TRAINING_FORMAT_VERSION", "TrainingData", "compile_training_data"]
 
@@ -44,7 +53,7 @@ class TrainingData:
         train, val: records ``{"predictor": name, "messages": [...]}`` (the last message is the
             assistant's answer).
         counts: examples run, kept, dropped by the metric, dropped as parse failures or LM
-            errors, duplicates removed.
+            errors, dropped to balance the labels, skipped (quota full), duplicates removed.
         manifest: what produced the data (written next to every export).
     """
 
@@ -112,6 +121,8 @@ def compile_training_data(
     seed: int = 0,
     source: str | None = None,
     answers: str = "program",
+    max_traces: int | None = None,
+    balance: bool = False,
     progress: bool = True,
 ) -> TrainingData:
     """Run ``program`` over a split (with the current DSPy LM) and keep the passing traces.
@@ -122,7 +133,12 @@ def compile_training_data(
             plain prompts: the default drops them).
         dedupe: drop records whose messages are identical.
         val_fraction: share of the kept records held out as a validation split (seeded).
-        limit: use only the first N examples of the split.
+        limit: use a seeded sample of N examples of the split, stratified over the labels.
+        max_traces: stop once this many examples are kept (with ``balance``: a quota of
+            ``max_traces / len(task.choices)`` per label; examples of a full label are not run).
+        balance: keep as many examples of every declared choice as of the rarest one that has any
+            (needs ``task.choices``). A label with no passing example is reported in the manifest
+            (``labels.missing``) and logged; fewer than two labels with one raises ``ExportError``.
         source: where the program came from (a prompt file, a run), for the manifest.
         answers: ``"program"`` (BetterTogether: the program's own answers, kept when the metric
             passes) or ``"gold"`` (the split's labels as the answers to the program's prompts, no
@@ -138,14 +154,35 @@ def compile_training_data(
     if answers == "gold" and len(predictors) != 1:
         raise ExportError(f"answers='gold' needs a single-predictor program; this one has {len(predictors)} "
                           "predictors (their intermediate answers have no labels): use answers='program'")
+    if max_traces is not None and (not isinstance(max_traces, int) or max_traces < 1):
+        raise ExportError(f"max_traces must be a positive integer or None, got {max_traces!r}")
+    choices = [str(c) for c in task.choices] if balance and task.choices else None
+    if balance and choices is None:
+        logger.warning("balance=True needs declared choices (a Literal label); task %r has none: not balancing",
+                       task.name)
     adapter = dspy.JSONAdapter()
     names = {id(p): n for n, p in program.named_predictors()}
     counts = {"examples": 0, "kept_examples": 0, "dropped_metric": 0, "dropped_parse": 0, "dropped_error": 0,
-              "records": 0, "duplicates": 0}
+              "dropped_balance": 0, "skipped_quota": 0, "records": 0, "duplicates": 0}
+    labels: dict[str, dict[str, int]] = {k: {} for k in ("kept", "dropped_metric", "dropped_failure",
+                                                          "dropped_balance", "skipped_quota")}
+    quota = -(-max_traces // len(choices)) if choices and max_traces else None
     records: list[dict[str, Any]] = []
     seen: set[str] = set()
     examples = task.examples(split, limit=limit)
-    for example in tqdm(examples, desc=f"compile {split}", disable=not progress, unit="ex", leave=False):
+    if max_traces is not None:  # a seeded visiting order: the first N kept are a random sample
+        examples = list(examples)
+        random.Random(seed).shuffle(examples)
+    bar = tqdm(examples, desc=f"compile {split}", disable=not progress, unit="ex", leave=False)
+    for example in bar:
+        gold = str(example[task.label_field]) if task.label_field in example else None
+        kept_here = labels["kept"].get(gold, 0)
+        if max_traces is not None and counts["kept_examples"] >= (quota * len(choices) if quota else max_traces):
+            break
+        if quota is not None and kept_here >= quota:
+            counts["skipped_quota"] += 1
+            _tally(labels["skipped_quota"], gold)
+            continue
         counts["examples"] += 1
         if answers == "gold":  # the labels answer the program's prompt; nothing to run or filter
             predictor = predictors[0][1]
@@ -154,29 +191,33 @@ def compile_training_data(
                 raise ExportError(f"answers='gold': a {split} example lacks output fields "
                                   f"{sorted(set(predictor.signature.output_fields) - set(outputs))}")
             counts["kept_examples"] += 1
-            _add(records, seen, counts, adapter, predictor, names, dict(example.inputs()), outputs, keep_demos, dedupe)
+            _tally(labels["kept"], gold)
+            _add(records, seen, counts, adapter, predictor, names, dict(example.inputs()), outputs, keep_demos, dedupe,
+                 gold)
             continue
         with dspy.context(trace=[], adapter=adapter):
             prediction, failure = run_one(program, example)
             trace = list(dspy.settings.trace)
-        if failure == "parse":
-            counts["dropped_parse"] += 1
-            continue
         if failure is not None:
-            counts["dropped_error"] += 1
+            counts["dropped_parse" if failure == "parse" else "dropped_error"] += 1
+            _tally(labels["dropped_failure"], gold)
             continue
         if task.score(example, prediction) < threshold:
             counts["dropped_metric"] += 1
+            _tally(labels["dropped_metric"], gold)
             continue
         counts["kept_examples"] += 1
+        _tally(labels["kept"], gold)
         for predictor, inputs, outputs in trace:
-            _add(records, seen, counts, adapter, predictor, names, dict(inputs), dict(outputs), keep_demos, dedupe)
+            _add(records, seen, counts, adapter, predictor, names, dict(inputs), dict(outputs), keep_demos, dedupe,
+                 gold)
+        bar.set_postfix(kept=counts["kept_examples"])
+    bar.close()
+    missing: list[str] = []
+    if choices is not None:
+        records, missing = _balance(records, choices, labels, counts, task, split)
     counts["records"] = len(records)
-    order = list(range(len(records)))
-    random.Random(seed).shuffle(order)
-    n_val = int(round(val_fraction * len(records)))
-    val = [records[i] for i in sorted(order[:n_val])]
-    train = [records[i] for i in sorted(order[n_val:])]
+    train, val = _split_val(records, val_fraction, seed)
     lm = dspy.settings.lm
     manifest = {
         "format": "autoprompt.training-data",
@@ -188,15 +229,77 @@ def compile_training_data(
         "lm": getattr(lm, "model", None),
         "filter": {"metric": getattr(task.metric, "__name__", repr(task.metric)), "threshold": threshold},
         "options": {"keep_demos": keep_demos, "dedupe": dedupe, "val_fraction": val_fraction, "limit": limit,
-                    "seed": seed, "answers": answers},
+                    "seed": seed, "answers": answers, "max_traces": max_traces, "balance": balance},
         "counts": counts,
+        "labels": {**{k: dict(sorted(v.items())) for k, v in labels.items()}, "missing": missing},
     }
     logger.info("training data: %s", counts)
     return TrainingData(train=train, val=val, counts=counts, manifest=manifest)
 
 
+def _tally(histogram: dict[str, int], label: str | None) -> None:
+    histogram[str(label)] = histogram.get(str(label), 0) + 1
+
+
+def _balance(records: list[dict[str, Any]], choices: list[str], labels: dict[str, dict[str, int]],
+             counts: dict[str, int], task: Any, split: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """Keep as many examples per label as the rarest label that has any; report the labels with none.
+
+    Example:
+        kept {"positive": 300, "negative": 40} -> 40 + 40 kept, 260 "positive" dropped_balance.
+    """
+    kept = labels["kept"]
+    missing = [c for c in choices if not kept.get(c)]
+    present = [c for c in choices if kept.get(c)]
+    if len(present) < 2:
+        raise ExportError(
+            f"cannot balance the training data of task {task.name!r} over its labels: the program passed the "
+            f"metric on {dict(kept) or 'no example'} of split {split!r} ({counts['examples']} run). Use a larger "
+            "split, a better program (a p step first), answers='gold', or balance=False"
+        )
+    if missing:
+        logger.warning("training data: no passing trace for label(s) %s of %d; the fine-tuned LM will not learn them "
+                       "(kept per label: %s)", missing[:10], len(choices), dict(kept))
+    quota = min(kept[c] for c in present)
+    out, taken = [], {}
+    examples_seen: dict[str, set[int]] = {}
+    for record in records:  # records of one example share its label; cap examples, not LM calls
+        label = record["label"]
+        ids = examples_seen.setdefault(label, set())
+        if record["example"] not in ids:
+            ids.add(record["example"])
+            taken[label] = taken.get(label, 0) + 1
+        if taken[label] <= quota:
+            out.append(record)
+    for label in present:
+        over = kept[label] - quota
+        if over > 0:
+            labels["dropped_balance"][label] = over
+            kept[label] = quota
+            counts["dropped_balance"] += over
+            counts["kept_examples"] -= over
+    return out, missing
+
+
+def _split_val(records: list[dict[str, Any]], val_fraction: float, seed: int
+               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A seeded validation share, stratified over the labels, of whole examples (never half an example)."""
+    by_label: dict[str, list[int]] = {}
+    for r in records:
+        ids = by_label.setdefault(str(r.get("label")), [])
+        if r["example"] not in ids:
+            ids.append(r["example"])
+    rng = random.Random(seed)
+    val_ids: set[int] = set()
+    for label in sorted(by_label):
+        ids = by_label[label]
+        rng.shuffle(ids)
+        val_ids.update(ids[:int(round(val_fraction * len(ids)))])
+    return [r for r in records if r["example"] not in val_ids], [r for r in records if r["example"] in val_ids]
+
+
 def _add(records: list, seen: set, counts: dict, adapter: Any, predictor: Any, names: dict, inputs: dict,
-         outputs: dict, keep_demos: bool, dedupe: bool) -> None:
+         outputs: dict, keep_demos: bool, dedupe: bool, label: str | None = None) -> None:
     """One training record: the messages the adapter sends for ``inputs`` and the answer ``outputs``."""
     demos = [d.toDict() if hasattr(d, "toDict") else dict(d) for d in predictor.demos] if keep_demos else []
     # JSONAdapter has no format_finetune_data: the same two calls ChatAdapter's makes
@@ -209,4 +312,13 @@ def _add(records: list, seen: set, counts: dict, adapter: Any, predictor: Any, n
         counts["duplicates"] += 1
         return
     seen.add(key)
-    records.append({"predictor": names.get(id(predictor), "?"), "messages": messages})
+    records.append({"predictor": names.get(id(predictor), "?"), "messages": messages, "label": label,
+                    "example": counts["kept_examples"], "schema": _schema(predictor.signature)})
+
+
+def _schema(signature: Any) -> dict[str, Any] | None:
+    """The answer's JSON schema, so that a finetuner can decode held-out records as they are served."""
+    try:
+        return json_schema(signature)
+    except Exception:  # open-ended outputs (dict[str, Any]) have none: plain JSON mode then
+        return None

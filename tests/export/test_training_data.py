@@ -93,3 +93,51 @@ def test_gold_answers_need_no_lm_and_match_the_program_prompts(lm, small_task, p
     assert [r["messages"][:-1] for r in traced.train] == [r["messages"][:-1] for r in gold.train]
     with pytest.raises(ExportError, match="answers must be 'program' or 'gold'"):
         compile_training_data(program, small_task, answers="labels")
+
+
+def _biased_lm(task, right_negatives: int):
+    """A stub LM (DSPy's DummyLM) that answers "positive" for every review: right on the positives and on
+    none of the negatives but the first ``right_negatives``, like the zero-shot 135M model on SST-2."""
+    from dspy.utils.dummies import DummyLM
+
+    negatives = [e.text for e in task.examples("train") if e.label == "negative"][:right_negatives]
+    answers = {text: {"label": "negative"} for text in negatives}
+    answers.update({e.text: {"label": "positive"} for e in task.examples("train") if e.text not in negatives})
+    return DummyLM(answers, adapter=dspy.JSONAdapter())
+
+
+def test_balance_caps_every_label_at_the_rarest_and_reports_the_histogram(small_task):
+    program = small_task.make_program()
+    with dspy.context(lm=_biased_lm(small_task, right_negatives=5)):
+        data = compile_training_data(program, small_task, balance=True, val_fraction=0.2, progress=False)
+    labels, c = data.manifest["labels"], data.counts
+    assert labels["kept"] == {"negative": 5, "positive": 5} and labels["dropped_balance"] == {"positive": 15}
+    assert labels["dropped_metric"] == {"negative": 15} and labels["missing"] == []
+    assert c["examples"] == 40 and c["kept_examples"] == 10 and c["dropped_balance"] == 15
+    answers = [json.loads(r["messages"][-1]["content"])["label"] for r in data.train + data.val]
+    assert sorted(answers) == ["negative"] * 5 + ["positive"] * 5
+    # the validation share is stratified too: one example of each label
+    assert sorted(r["label"] for r in data.val) == ["negative", "positive"]
+
+
+def test_max_traces_fills_a_quota_per_label_without_running_the_rest(small_task):
+    program = small_task.make_program()
+    lm = _biased_lm(small_task, right_negatives=20)
+    with dspy.context(lm=lm):
+        data = compile_training_data(program, small_task, balance=True, max_traces=6, progress=False)
+    assert data.manifest["labels"]["kept"] == {"negative": 3, "positive": 3}
+    c = data.counts
+    assert c["kept_examples"] == 6 and c["examples"] == 6 and len(lm.history) == 6  # no call past a full quota
+    assert c["skipped_quota"] == sum(data.manifest["labels"]["skipped_quota"].values()) <= 34
+    with dspy.context(lm=_biased_lm(small_task, right_negatives=20)):  # the seed picks the sample
+        other = compile_training_data(program, small_task, balance=True, max_traces=6, seed=1, progress=False)
+    assert [r["messages"] for r in other.train] != [r["messages"] for r in data.train]
+
+
+def test_traces_of_one_label_cannot_be_balanced(small_task, caplog):
+    program = small_task.make_program()
+    with dspy.context(lm=_biased_lm(small_task, right_negatives=0)):
+        with pytest.raises(ExportError, match=r"cannot balance .*'sentiment'.*\{'positive': 20\}.*answers='gold'"):
+            compile_training_data(program, small_task, balance=True, progress=False)
+    with pytest.raises(ExportError, match="max_traces must be a positive integer"):
+        compile_training_data(program, small_task, max_traces=0)
