@@ -4,6 +4,14 @@
 PyTorch loop trains them on the assistant tokens only, and the LoRA is written as a llama.cpp
 adapter so that the fine-tuned model answers at llama.cpp speed (``local?lora=adapter.gguf``).
 
+The checkpoint is chosen on held-out data, the way it will be used: at every evaluation point
+(``evals_per_epoch`` per epoch) the LoRA is written as a llama.cpp adapter and the validation
+records are *decoded* by llama.cpp with it (grammar-constrained by the answer's JSON schema, as
+served); the step with the best validation accuracy (ties: lower validation loss) is kept. A LoRA
+that collapses onto one answer scores the share of that answer and is not chosen over one that
+learnt the task. Micro-batches are built from examples of similar length (bucketing), so little
+compute goes to padding.
+
 Why a hand-written loop and not ``transformers.Trainer`` or TRL's ``SFTTrainer``: the loop is 30
 lines (completion-only loss, padding, AdamW with linear decay, a tqdm bar with the loss), while
 the trainers would add ``accelerate``/``trl`` and their own logging and checkpoint folders to a
@@ -65,9 +73,18 @@ class LoRAFinetuner(BaseFinetuner):
             bounds memory: about 1.5 GB for 2 prompts of 300 tokens).
         max_length: examples with more tokens (prompt + answer) are skipped and counted.
         max_steps: stop after this many steps (default: ``epochs`` full passes).
+        evals_per_epoch: validation points per epoch (validation accuracy by decoding with llama.cpp
+            and validation loss); the best one is the checkpoint kept. Needs ``data.val``.
+        val_limit: decode at most this many validation records per evaluation point.
+        device: ``"auto"`` (CUDA when torch sees a GPU, else CPU), ``"cpu"`` or ``"cuda"``.
+        dtype: ``"float32"`` or ``"bfloat16"`` (autocast for the forward/backward pass; LoRA weights
+            and optimizer state stay float32). ``"auto"``: bfloat16 on CUDA and on CPUs with native
+            bfloat16 (AVX512-BF16, AMX), else float32.
+        shared_prefix: run the tokens all examples of a micro-batch start with (the system message)
+            once per micro-batch: same loss and gradients, 2-3x fewer FLOPs on DSPy prompts.
         seed: seeds the LoRA initialisation and the order of examples.
         threads: torch CPU threads (default: ``$AUTOPROMPT_LLAMA_THREADS`` or all cores).
-        progress: show a progress bar with the loss.
+        progress: show a progress bar with the loss and the validation accuracy.
 
     Example:
         >>> tuner = LoRAFinetuner(epochs=2)                             # doctest: +SKIP
@@ -88,9 +105,14 @@ class LoRAFinetuner(BaseFinetuner):
         learning_rate: float = 1e-3,
         epochs: int = 2,
         batch_size: int = 8,
-        micro_batch_size: int = 2,
+        micro_batch_size: int = 8,
         max_length: int = 768,
         max_steps: int | None = None,
+        evals_per_epoch: int = 2,
+        val_limit: int = 100,
+        device: str = "auto",
+        dtype: str = "auto",
+        shared_prefix: bool = True,
         seed: int = 0,
         threads: int | None = None,
         progress: bool = True,
@@ -106,6 +128,11 @@ class LoRAFinetuner(BaseFinetuner):
         self.micro_batch_size = micro_batch_size
         self.max_length = max_length
         self.max_steps = max_steps
+        self.evals_per_epoch = evals_per_epoch
+        self.val_limit = val_limit
+        self.device = device
+        self.dtype = dtype
+        self.shared_prefix = shared_prefix
         self.seed = seed
         self.threads = threads
         self.progress = progress
@@ -115,8 +142,13 @@ class LoRAFinetuner(BaseFinetuner):
                 f"target_modules {bad} cannot be served by llama.cpp (q_proj/k_proj are stored permuted in "
                 f"GGUF); choose from {list(DEFAULT_TARGET_MODULES)}"
             )
+        if device not in ("auto", "cpu", "cuda"):
+            raise FinetuneError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+        if dtype not in ("auto", "float32", "bfloat16"):
+            raise FinetuneError(f"dtype must be 'auto', 'float32' or 'bfloat16', got {dtype!r}")
         for field, value in (("rank", rank), ("epochs", epochs), ("batch_size", batch_size),
-                             ("micro_batch_size", micro_batch_size)):
+                             ("micro_batch_size", micro_batch_size), ("evals_per_epoch", evals_per_epoch),
+                             ("val_limit", val_limit)):
             if not isinstance(value, int) or value < 1:
                 raise FinetuneError(f"{field} must be a positive integer, got {value!r}")
 
@@ -165,29 +197,46 @@ class LoRAFinetuner(BaseFinetuner):
                 f"all {len(data.train)} training examples are longer than max_length={self.max_length} tokens; "
                 "raise max_length"
             )
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
+        if device == "cuda" and not torch.cuda.is_available():
+            raise FinetuneError("device='cuda' but torch sees no GPU; use device='auto' or 'cpu'")
+        dtype = ("bfloat16" if device == "cuda" or _cpu_has_bf16() else "float32") if self.dtype == "auto" \
+            else self.dtype
         model = AutoModelForCausalLM.from_pretrained(str(base.parent), gguf_file=base.name, dtype=torch.float32)
         model = get_peft_model(model, LoraConfig(
             r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,
             target_modules=self.target_modules, task_type="CAUSAL_LM",
-        ))
+        )).to(device)
+        n_params = sum(p.numel() for p in model.parameters())
         steps_per_epoch = math.ceil(len(train) / self.batch_size)
         total = self.max_steps or steps_per_epoch * self.epochs
+        eval_every = max(1, steps_per_epoch // self.evals_per_epoch) if val else 0
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.learning_rate)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / total))
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        run = _Trainer(model=model, torch=torch, pad_id=pad_id, micro=self.micro_batch_size, device=device,
+                       dtype=dtype, shared_prefix=self.shared_prefix)
+        validator = _Validator(base=base, records=data.val[: self.val_limit], folder=out / "checkpoints",
+                               threads=threads, alpha=self.alpha) if val else None
         rng = random.Random(self.seed)
         losses: list[float] = []
-        val_losses: list[float] = []
+        evals: list[dict[str, Any]] = []
+        best: dict[str, Any] | None = None
+        best_state: dict[str, Any] | None = None
         model.train()
         bar = tqdm(total=total, desc="fine-tune (LoRA)", unit="step", disable=not self.progress, leave=False)
         step = 0
+        train_started = time.monotonic()
         while step < total:
-            order = list(range(len(train)))
-            rng.shuffle(order)
-            for i in range(0, len(order), self.batch_size):
-                rows = [train[j] for j in order[i:i + self.batch_size]]
-                loss = _step_loss(model, rows, pad_id, self.micro_batch_size, torch, backward=True)
+            for rows in _batches(train, self.batch_size, self.micro_batch_size, rng):
+                loss = run.step_loss(rows, backward=True)
+                if not math.isfinite(loss):
+                    bar.close()
+                    raise FinetuneError(
+                        f"the training loss became {loss} at step {step + 1} of {total} (learning_rate="
+                        f"{self.learning_rate}); lower learning_rate or use dtype='float32'"
+                    )
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optimizer.step()
                 schedule.step()
@@ -195,18 +244,30 @@ class LoRAFinetuner(BaseFinetuner):
                 losses.append(round(loss, 5))
                 step += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.4f}")
-                if step % steps_per_epoch == 0 or step == total:
-                    if val:
-                        val_losses.append(round(_mean_loss(model, val, pad_id, self.micro_batch_size, torch), 5))
-                    logger.info("step %d/%d: train loss %.4f%s", step, total, losses[-1],
-                                f", val loss {val_losses[-1]:.4f}" if val else "")
+                if validator is not None and (step % eval_every == 0 or step == total):
+                    point = {"step": step, "epoch": round(step / steps_per_epoch, 2),
+                             "train_loss": losses[-1], "val_loss": round(run.mean_loss(val), 5),
+                             **validator.score(model, step)}
+                    evals.append(point)
+                    logger.info("step %d/%d: train loss %.4f, val loss %.4f, val accuracy %.3f", step, total,
+                                losses[-1], point["val_loss"], point["val_accuracy"])
+                    if best is None or (point["val_accuracy"], -point["val_loss"]) > \
+                            (best["val_accuracy"], -best["val_loss"]):
+                        best = point
+                        best_state = {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", **({"val_acc": f"{evals[-1]['val_accuracy']:.3f}"}
+                                                             if evals else {}))
                 if step >= total:
                     break
+        train_seconds = time.monotonic() - train_started
         bar.close()
+        if best_state is not None:
+            model.load_state_dict(best_state, strict=False)
         model.eval()
         model.save_pretrained(str(out / "peft"))
         adapter = write_lora_adapter(model, out / "adapter.gguf", alpha=self.alpha)
+        if validator is not None:
+            validator.cleanup()
         metrics = {
             "examples": len(train),
             "skipped_too_long": too_long,
@@ -214,8 +275,17 @@ class LoRAFinetuner(BaseFinetuner):
             "steps": step,
             "first_loss": losses[0],
             "final_loss": losses[-1],
-            "val_loss": val_losses,
+            "evals": evals,
+            "best": best,
+            "val_accuracy_base": validator.base_accuracy if validator is not None else None,
             "losses": losses,
+            "device": device,
+            "dtype": dtype,
+            "threads": threads if device == "cpu" else None,
+            "params": n_params,
+            "trainable_params": sum(p.numel() for p in params),
+            **run.throughput(train_seconds - (validator.seconds if validator else 0.0)),
+            "validation_seconds": round(validator.seconds, 1) if validator else 0.0,
             "seconds": round(time.monotonic() - started, 1),
         }
         manifest = {
@@ -232,8 +302,9 @@ class LoRAFinetuner(BaseFinetuner):
         (out / "finetune.json").write_text(dump_json(manifest))
         spec = f"local?lora={adapter.resolve()}" if self.base_model is None else \
             f"local:{base.resolve()}?lora={adapter.resolve()}"
-        logger.info("fine-tuned %s on %d examples in %d steps (loss %.3f -> %.3f), %.0f s; serve with lm=%r",
-                    base.name, len(train), step, losses[0], losses[-1], metrics["seconds"], spec)
+        logger.info("fine-tuned %s on %d examples in %d steps (loss %.3f -> %.3f; kept step %s), %.0f s, "
+                    "%.0f train tokens/s; serve with lm=%r", base.name, len(train), step, losses[0], losses[-1],
+                    best["step"] if best else step, metrics["seconds"], metrics["tokens_per_second"], spec)
         return FinetuneResult(lm_spec=spec, output_dir=out, metrics=metrics, manifest=manifest)
 
 
@@ -257,55 +328,201 @@ def _encode(tokenizer: Any, records: list[dict[str, Any]], max_length: int) -> t
     return encoded, too_long
 
 
-def _collate(rows: list[dict[str, list[int]]], pad_id: int, torch: Any) -> dict[str, Any]:
-    """Left-padded batch: every answer ends at the last position, so only the last few positions
-    need logits (a 49k-word vocabulary over every prompt token took ~10 GB on CPU)."""
-    width = max(len(r["input_ids"]) for r in rows)
-    pads = [width - len(r["input_ids"]) for r in rows]
-    return {
-        "input_ids": torch.tensor([[pad_id] * n + r["input_ids"] for n, r in zip(pads, rows)]),
-        "labels": torch.tensor([[-100] * n + r["labels"] for n, r in zip(pads, rows)]),
-        "attention_mask": torch.tensor([[0] * n + [1] * len(r["input_ids"]) for n, r in zip(pads, rows)]),
-        "position_ids": torch.tensor([[0] * n + list(range(len(r["input_ids"]))) for n, r in zip(pads, rows)]),
-    }
+def _batches(rows: list[dict[str, list[int]]], batch_size: int, micro: int, rng: random.Random
+             ) -> list[list[dict[str, list[int]]]]:
+    """One epoch of batches: shuffled, then sorted by length inside windows of 16 batches, so that a
+    micro-batch holds examples of similar length (little padding) while batches stay random."""
+    order = list(range(len(rows)))
+    rng.shuffle(order)
+    window = batch_size * 16
+    batches = []
+    for i in range(0, len(order), window):
+        chunk = sorted(order[i:i + window], key=lambda j: len(rows[j]["input_ids"]))
+        batches += [[rows[j] for j in chunk[k:k + batch_size]] for k in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
 
 
-def _answer_tokens(rows: list[dict[str, list[int]]]) -> int:
-    return sum(sum(1 for t in r["labels"] if t != -100) for r in rows)
+class _Trainer:
+    """Loss of micro-batches (left-padded, logits for the answer positions only) and token counts.
+
+    With ``shared_prefix`` the tokens every example of a micro-batch starts with (DSPy's system
+    message: ~160 of ~230 tokens for SST-2) go through the model once, and their keys and values
+    are repeated for the rest of each example (as a KV cache that keeps its autograd graph): the same
+    loss and gradients at a fraction of the FLOPs.
+    """
+
+    MIN_PREFIX = 16
+
+    def __init__(self, *, model: Any, torch: Any, pad_id: int, micro: int, device: str, dtype: str,
+                 shared_prefix: bool = True) -> None:
+        self.model, self.torch, self.pad_id, self.micro, self.device = model, torch, pad_id, micro, device
+        self.autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+        self.shared_prefix = shared_prefix
+        self.tokens = self.padded = self.computed = 0
+        import inspect
+
+        # transformers 5 names the KV cache argument `cache` (`past_key_values` is deprecated there)
+        forward = inspect.signature(type(model.get_base_model()).forward).parameters
+        self.cache_arg = "cache" if "cache" in forward else "past_key_values"
+
+    @staticmethod
+    def prefix_length(rows: list[dict[str, list[int]]]) -> int:
+        """Tokens all ``rows`` start with, stopping before the first answer token of any of them."""
+        first = rows[0]["input_ids"]
+        n = min(next(i for i, t in enumerate(r["labels"]) if t != -100) for r in rows) - 1
+        for r in rows[1:]:
+            ids = r["input_ids"]
+            n = min(n, next((i for i in range(n) if ids[i] != first[i]), n))
+        return max(n, 0)
+
+    def collate(self, rows: list[dict[str, list[int]]], start: int = 0, offset: int = 0) -> dict[str, Any]:
+        """Left-padded batch of the tokens from ``start`` on, positions counted from ``offset``:
+        every answer ends at the last position, so only the last few positions need logits (a
+        49k-word vocabulary over every prompt token took ~10 GB on CPU)."""
+        torch = self.torch
+        width = max(len(r["input_ids"]) - start for r in rows)
+        pads = [width - len(r["input_ids"]) + start for r in rows]
+        batch = {
+            "input_ids": [[self.pad_id] * n + r["input_ids"][start:] for n, r in zip(pads, rows)],
+            "labels": [[-100] * n + r["labels"][start:] for n, r in zip(pads, rows)],
+            "attention_mask": [[1] * offset + [0] * n + [1] * (len(r["input_ids"]) - start) for n, r in zip(pads, rows)],
+            "position_ids": [[0] * n + list(range(offset, offset + len(r["input_ids"]) - start))
+                             for n, r in zip(pads, rows)],
+        }
+        return {k: torch.tensor(v, device=self.device) for k, v in batch.items()}
+
+    def summed_loss(self, rows: list[dict[str, list[int]]]) -> tuple[Any, int]:
+        """Summed cross-entropy over the answer tokens of ``rows`` and the number of token positions run."""
+        torch = self.torch
+        shared = self.prefix_length(rows) if self.shared_prefix and len(rows) > 1 else 0
+        cache = None
+        if shared >= self.MIN_PREFIX:
+            prefix = torch.tensor([rows[0]["input_ids"][:shared]], device=self.device)
+            with self.autocast:
+                out = self.model(input_ids=prefix, use_cache=True)
+            cache = getattr(out, self.cache_arg)
+            cache.batch_repeat_interleave(len(rows))
+        else:
+            shared = 0
+        batch = self.collate(rows, start=shared, offset=shared)
+        labels = batch["labels"]
+        answer = int((labels != -100).sum(dim=1).max())
+        width = labels.shape[1]
+        extra = {} if cache is None else {
+            self.cache_arg: cache, "cache_position": torch.arange(shared, shared + width, device=self.device)}
+        with self.autocast:
+            out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             position_ids=batch["position_ids"], logits_to_keep=answer + 1, use_cache=cache is not None,
+                             **extra)
+        logits = out.logits[:, :-1, :]  # position t predicts token t + 1
+        target = labels[:, -answer:]
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
+                                                 ignore_index=-100, reduction="sum")
+        return loss, shared + int(batch["input_ids"].numel())
+
+    def step_loss(self, rows: list[dict[str, list[int]]], backward: bool) -> float:
+        """Mean loss per answer token over ``rows``, run ``micro`` examples at a time (activations of a
+        whole batch of ~300-token prompts took over 10 GB on CPU); gradients accumulate when ``backward``."""
+        tokens = max(sum(sum(1 for t in r["labels"] if t != -100) for r in rows), 1)
+        total = 0.0
+        for i in range(0, len(rows), self.micro):
+            part = rows[i:i + self.micro]
+            loss, computed = self.summed_loss(part)
+            if backward:
+                (loss / tokens).backward()
+                self.tokens += sum(len(r["input_ids"]) for r in part)
+                self.padded += len(part) * max(len(r["input_ids"]) for r in part)
+                self.computed += computed
+            total += loss.item()
+        return total / tokens
+
+    def mean_loss(self, rows: list[dict[str, list[int]]]) -> float:
+        self.model.eval()
+        with self.torch.no_grad():
+            value = self.step_loss(rows, backward=False)
+        self.model.train()
+        return value
+
+    def throughput(self, seconds: float) -> dict[str, Any]:
+        """Tokens trained on, the share of padding, the share of positions the shared prefix saved,
+        and tokens (of the examples, as if each ran alone) per second of training."""
+        return {
+            "train_tokens": self.tokens,
+            "padding_share": round(1 - self.tokens / self.padded, 4) if self.padded else 0.0,
+            "computed_tokens": self.computed,
+            "prefix_saving": round(1 - self.computed / self.padded, 4) if self.padded else 0.0,
+            "train_seconds": round(seconds, 1),
+            "tokens_per_second": round(self.tokens / seconds, 1) if seconds > 0 else None,
+        }
 
 
-def _summed_loss(model: Any, batch: dict[str, Any], torch: Any) -> Any:
-    """Summed cross-entropy over the answer tokens, with logits for the answer positions only."""
-    labels = batch["labels"]
-    answer = int((labels != -100).sum(dim=1).max())
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                position_ids=batch["position_ids"], logits_to_keep=answer + 1)
-    logits = out.logits[:, :-1, :]  # position t predicts token t + 1
-    target = labels[:, -answer:]
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
-                                             ignore_index=-100, reduction="sum")
+class _Validator:
+    """Validation accuracy by decoding held-out records with llama.cpp and the LoRA as an adapter:
+    what the fine-tuned model will answer when served, not a proxy from the training framework."""
+
+    def __init__(self, *, base: Path, records: list[dict[str, Any]], folder: Path, threads: int, alpha: float) -> None:
+        self.base, self.records, self.folder, self.threads, self.alpha = base, records, folder, threads, alpha
+        self.seconds = 0.0
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.base_accuracy = self._accuracy(None)
+
+    def score(self, model: Any, step: int) -> dict[str, Any]:
+        path = write_lora_adapter(model, self.folder / f"step-{step}.gguf", alpha=self.alpha)
+        accuracy = self._accuracy(path)
+        path.unlink()  # the kept checkpoint is written again as adapter.gguf
+        return {"val_accuracy": accuracy}
+
+    def _accuracy(self, adapter: Path | None) -> float:
+        from autoprompt.lms import LlamaCppEngine
+
+        started = time.monotonic()
+        engine = LlamaCppEngine(self.base, lora_path=adapter, n_threads=self.threads)
+        right = 0
+        for record in self.records:
+            messages = record["messages"]
+            gold = _answer(messages[-1]["content"])
+            schema = record.get("schema")
+            params: dict[str, Any] = {"max_tokens": 64, "temperature": 0.0}
+            if not isinstance(gold, str):  # a JSON answer (DSPy's JSONAdapter): decoded as served, with its grammar
+                params["response_format"] = {"type": "json_object", **({"schema": schema} if schema else {})}
+            out = engine.chat(messages[:-1], **params)
+            right += _answer(out["choices"][0]["message"].get("content") or "") == gold
+        engine.close()
+        self.seconds += time.monotonic() - started
+        return round(right / len(self.records), 4) if self.records else 0.0
+
+    def cleanup(self) -> None:
+        if self.folder.is_dir() and not any(self.folder.iterdir()):
+            self.folder.rmdir()
 
 
-def _step_loss(model: Any, rows: list[dict[str, list[int]]], pad_id: int, micro: int, torch: Any,
-               backward: bool) -> float:
-    """Mean loss per answer token over ``rows``, run ``micro`` examples at a time (activations of a
-    whole batch of ~300-token prompts took over 10 GB on CPU); gradients accumulate when ``backward``."""
-    tokens = max(_answer_tokens(rows), 1)
-    total = 0.0
-    for i in range(0, len(rows), micro):
-        loss = _summed_loss(model, _collate(rows[i:i + micro], pad_id, torch), torch)
-        if backward:
-            (loss / tokens).backward()
-        total += loss.item()
-    return total / tokens
+def _answer(text: str) -> Any:
+    """An answer compared as JSON when it parses (key order and spacing ignored), else as text.
 
+    Example:
+        >>> _answer('{"label": " Positive"}') == _answer('{"label":"positive"}')
+        True
+    """
+    import json
 
-def _mean_loss(model: Any, rows: list[dict[str, list[int]]], pad_id: int, micro: int, torch: Any) -> float:
-    model.eval()
-    with torch.no_grad():
-        value = _step_loss(model, rows, pad_id, micro, torch, backward=False)
-    model.train()
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return " ".join(text.split()).lower()
+    if isinstance(value, dict):
+        return {k: (v.strip().lower() if isinstance(v, str) else v) for k, v in value.items()}
     return value
+
+
+def _cpu_has_bf16() -> bool:
+    """Whether the CPU computes bfloat16 natively (AVX512-BF16 or AMX): autocast then ran LoRA training
+    2-3x faster than float32 here; emulated bfloat16 on older CPUs is not worth it."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 def _sha256(path: Path) -> str:

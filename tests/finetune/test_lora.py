@@ -9,6 +9,7 @@ import pytest
 from autoprompt import FinetuneError, build_lm
 from autoprompt.export import TrainingData
 from autoprompt.finetune import LoRAFinetuner, require_finetune_extra
+from autoprompt.finetune._lora import _cpu_has_bf16
 
 SYSTEM = "You answer with the secret word for the item, as JSON."
 WORDS = {"alpha": "pineapple", "bravo": "volcano", "charlie": "lantern", "delta": "meadow"}
@@ -32,7 +33,11 @@ def tuned(tmp_path_factory: pytest.TempPathFactory):
 def test_lora_is_served_by_llama_cpp_and_answers_what_it_learnt(tuned) -> None:
     assert tuned.lm_spec.startswith("local?lora=") and tuned.lm_spec.endswith("adapter.gguf")
     assert tuned.metrics["final_loss"] < tuned.metrics["first_loss"] / 10
-    assert len(tuned.metrics["val_loss"]) == 30
+    m = tuned.metrics
+    # device="auto" on a machine without a GPU: the CPU, in bfloat16 where the CPU has it natively
+    assert m["device"] == "cpu" and m["dtype"] == ("bfloat16" if _cpu_has_bf16() else "float32")
+    assert 0 < m["trainable_params"] < m["params"] / 50 and m["tokens_per_second"] > 0
+    assert m["padding_share"] < 0.2 and m["train_tokens"] > 30 * 4 * 10  # 30 epochs of 4 prompts of >10 tokens
     tuned_engine = tuned.lm().engine
     base_engine = build_lm("local").engine
     assert tuned_engine is not base_engine and "+lora-" in tuned_engine.model_id
@@ -41,6 +46,18 @@ def test_lora_is_served_by_llama_cpp_and_answers_what_it_learnt(tuned) -> None:
     assert answers == {i: _messages(i)[-1]["content"] for i in WORDS}
     base = [base_engine.chat(_messages(i)[:-1], max_tokens=16)["choices"][0]["message"]["content"] for i in WORDS]
     assert not any(WORDS[i] in answer for i, answer in zip(WORDS, base))
+
+
+def test_checkpoint_is_chosen_by_decoded_validation_accuracy(tuned) -> None:
+    """Every epoch is scored by decoding the held-out record with llama.cpp and the LoRA; the best is kept."""
+    m = tuned.metrics
+    assert len(m["evals"]) == 30 and [e["step"] for e in m["evals"]] == list(range(1, 31))
+    assert m["val_accuracy_base"] == 0.0  # the base model cannot know the secret word
+    accuracies = [e["val_accuracy"] for e in m["evals"]]
+    assert accuracies[0] == 0.0 and max(accuracies) == 1.0
+    best = max(m["evals"], key=lambda e: (e["val_accuracy"], -e["val_loss"]))
+    assert m["best"] == best
+    assert not (tuned.output_dir / "checkpoints").exists()  # the per-step adapters are removed
 
 
 def test_llama_cpp_adapter_matches_the_peft_model(tuned) -> None:
@@ -90,6 +107,14 @@ def test_bad_options_and_data_are_named() -> None:
         LoRAFinetuner().finetune(empty, "unused")
 
 
+def test_a_nan_loss_stops_with_the_fix_and_writes_no_adapter(tmp_path) -> None:
+    data = TrainingData(train=[{"predictor": "self", "messages": _messages(i)} for i in WORDS], val=[], counts={})
+    tuner = LoRAFinetuner(learning_rate=1e30, epochs=3, batch_size=2, progress=False)
+    with pytest.raises(FinetuneError, match=r"loss became (nan|inf) at step \d of 6 .*lower learning_rate"):
+        tuner.finetune(data, tmp_path)
+    assert not (tmp_path / "adapter.gguf").exists()
+
+
 def test_examples_longer_than_max_length_are_refused_with_the_fix(tmp_path) -> None:
     data = TrainingData(train=[{"predictor": "self", "messages": _messages("alpha")}], val=[], counts={})
     with pytest.raises(FinetuneError, match="longer than max_length=8 tokens; raise max_length"):
@@ -100,3 +125,37 @@ def test_missing_extra_names_the_install_command(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setitem(sys.modules, "peft", None)  # as if peft were not installed
     with pytest.raises(FinetuneError, match=r"needs peft: pip install 'autoprompt\[finetune\]'"):
         require_finetune_extra()
+
+
+def test_a_shared_prompt_prefix_runs_once_with_the_same_loss_and_gradients() -> None:
+    """The system message all examples share goes through the model once per micro-batch (its keys and
+    values repeated): the loss and every LoRA gradient equal those of running each example whole."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from autoprompt.finetune._lora import _encode, _Trainer
+    from autoprompt.lms import smollm2_path
+
+    base = smollm2_path()
+    tokenizer = AutoTokenizer.from_pretrained(str(base.parent), gguf_file=base.name)
+    rows, _ = _encode(tokenizer, [{"messages": _messages(i)} for i in WORDS], 768)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(str(base.parent), gguf_file=base.name, dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=["v_proj", "down_proj"], task_type="CAUSAL_LM"))
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:  # LoRA's B starts at zero: random values so that every gradient is non-zero
+        torch.nn.init.normal_(p, std=0.02)
+    results = {}
+    for shared in (False, True):
+        trainer = _Trainer(model=model, torch=torch, pad_id=tokenizer.eos_token_id, micro=4, device="cpu",
+                           dtype="float32", shared_prefix=shared)
+        model.zero_grad()
+        loss = trainer.step_loss(rows, backward=True)
+        results[shared] = (loss, [p.grad.clone() for p in params], trainer.throughput(1.0))
+    prefix = _Trainer.prefix_length(rows)
+    assert prefix >= _Trainer.MIN_PREFIX and all(r["labels"][prefix] == -100 for r in rows)
+    assert results[True][0] == pytest.approx(results[False][0], rel=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(results[False][1], results[True][1]))
+    assert results[True][2]["computed_tokens"] == results[False][2]["computed_tokens"] - 3 * prefix
+    assert results[True][2]["prefix_saving"] > 0.3 and results[False][2]["prefix_saving"] == 0.0
