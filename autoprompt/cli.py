@@ -171,6 +171,7 @@ def _strategy(text: str) -> str:
 def _cmd_better_together(args: argparse.Namespace) -> int:
     import autoprompt
     from autoprompt.bettertogether import STRATEGIES
+    from autoprompt.lms import LMSpec
 
     if args.cache_dir:
         autoprompt.configure_cache(args.cache_dir)
@@ -185,14 +186,19 @@ def _cmd_better_together(args: argparse.Namespace) -> int:
             finetune_options = {"seed": args.seed, "progress": not args.no_progress, **finetune_options}
         finetuner = get_finetuner(args.finetuner, **finetune_options)
     budget = autoprompt.Budget(max_calls=args.max_calls, max_seconds=args.max_seconds)
-    lm = _lm(args)
+    # the key stays in memory (LMSpec.api_key is never written); the base URL is recorded
+    lm = LMSpec.parse(args.lm, **({"api_base": args.api_base, "api_key": args.api_key or "none"}
+                                  if args.api_base else {}))
     result = autoprompt.better_together(
         task, strategies, lm=lm, optimizer=args.optimizer, optimizer_options=_kv(args.option, "--option"),
         budget=budget, finetuner=finetuner, data_options=_kv(args.data_option, "--data-option"), seed=args.seed,
-        run_dir=args.run_dir, runs_root=args.runs_root, train_limit=args.train_limit, dev_limit=args.dev_limit,
-        test_limit=args.test_limit, test=not args.no_test, progress=not args.no_progress,
+        run_dir=args.run_dir, runs_root=args.runs_root, resume=args.resume, train_limit=args.train_limit,
+        dev_limit=args.dev_limit, test_limit=args.test_limit, test=not args.no_test, progress=not args.no_progress,
     )
     print(result.table())
+    resumed = [name for name, step in result.steps.items() if step.resumed]
+    if resumed:
+        print(f"\nloaded finished steps: {', '.join(resumed)}")
     print(f"\nwhole run: {result.seconds:.0f} s wall time; run directory: {result.run_dir}")
     return 0
 
@@ -310,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-dedupe", action="store_true")
     p.add_argument("--val-fraction", type=float, default=0.0)
     p.add_argument("--per-predictor", action="store_true", help="one data set per predictor")
-    p.add_argument("--limit", type=int, help="use the first N examples of the split")
+    p.add_argument("--limit", type=int, help="a seeded sample of N examples, stratified over the labels")
     p.add_argument("--lm", help="the LM, if the run's was given as an object")
     p.add_argument("--cache-dir")
     p.add_argument("--no-progress", action="store_true")
@@ -329,16 +335,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetuner", default="lora", choices=sorted(FINETUNERS), help="for the w steps")
     p.add_argument("--finetune-option", action="append", metavar="KEY=VALUE", help="e.g. epochs=2, rank=8")
     p.add_argument("--data-option", action="append", metavar="KEY=VALUE",
-                   help="training-data option, e.g. threshold=1.0, keep_demos=true, val_fraction=0.1")
+                   help="w step option, e.g. max_traces=1000, balance=false, val_fraction=0.1, threshold=1.0")
     p.add_argument("--task-option", action="append", metavar="KEY=VALUE")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-calls", type=int, help="cap on LM calls of each p step")
     p.add_argument("--max-seconds", type=float, help="cap on wall time of each p step")
-    p.add_argument("--train-limit", type=int, help="also bounds the traces compiled for w")
+    p.add_argument("--train-limit", type=int, help="a seeded stratified sample; also bounds the traces of w")
     p.add_argument("--dev-limit", type=int)
     p.add_argument("--test-limit", type=int)
     p.add_argument("--run-dir")
     p.add_argument("--runs-root", default="runs")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last finished step")
     p.add_argument("--cache-dir")
     p.add_argument("--no-test", action="store_true")
     p.add_argument("--no-progress", action="store_true")
@@ -362,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task")
     p.add_argument("--prompt", help="a prompt.json to load into the program")
     p.add_argument("--split", default="dev", choices=["train", "dev", "test"])
-    p.add_argument("--limit", type=int)
+    p.add_argument("--limit", type=int, help="a seeded sample of N examples, stratified over the labels")
     p.add_argument("--lm", default="local")
     p.add_argument("--task-option", action="append", metavar="KEY=VALUE")
     p.add_argument("--cache-dir")

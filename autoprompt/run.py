@@ -32,7 +32,7 @@ from autoprompt.lms import build_lm, describe_lm
 from autoprompt.optimizers import Context, get_optimizer, optimizer_from_config
 from autoprompt.usage import Budget, Meter
 
-__all__ = ["RUN_FORMAT_VERSION", "Result", "configure_cache", "optimize"]
+__all__ = ["RUN_FORMAT_VERSION", "Result", "configure_cache", "log_to", "new_run_dir", "optimize", "write_json"]
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class Result:
 
     def save_scores(self) -> None:
         self.seconds = time.monotonic() - self._started
-        _write(self.run_dir / "scores.json", {
+        write_json(self.run_dir / "scores.json", {
             "format_version": RUN_FORMAT_VERSION,
             "scores": self.scores(),
             "usage": self.usage,
@@ -141,21 +141,23 @@ class Result:
 
     def save_program(self) -> None:
         self.program.save(str(self.run_dir / "program.json"))
-        _write(self.run_dir / "prompt.json", self.prompt())
+        write_json(self.run_dir / "prompt.json", self.prompt())
 
     def __repr__(self) -> str:
         scores = {f"{w}/{s}": round(e.score, 4) for (w, s), e in self.evaluations.items()}
         return f"Result(task={self.task.name!r}, scores={scores}, run_dir='{self.run_dir}')"
 
 
-def _write(path: Path, document: dict[str, Any]) -> None:
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    """Write a versioned JSON document atomically (temp file + rename)."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(dump_json(document))
     tmp.replace(path)  # atomic: a killed run never leaves half a file
 
 
 @contextlib.contextmanager
-def _log_to(run_dir: Path) -> Iterator[None]:
+def log_to(run_dir: Path) -> Iterator[None]:
+    """Append autoprompt's INFO log to ``run_dir/run.log`` inside the block."""
     handler = logging.FileHandler(run_dir / "run.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
@@ -172,6 +174,15 @@ def _log_to(run_dir: Path) -> Iterator[None]:
         handler.close()
 
 
+def _lm_spec(lm: Any) -> str | None:
+    """The ``lm=`` string that rebuilds the run's LM alone (None when a server or key is involved)."""
+    from autoprompt.lms import LMSpec
+
+    if isinstance(lm, LMSpec):
+        return str(lm) if lm.api_base is None and lm.api_key_env is None and not lm.kwargs else None
+    return lm if isinstance(lm, str) or lm is None else None
+
+
 def _budget(budget: Budget | int | None) -> Budget:
     if budget is None:
         return Budget()
@@ -182,7 +193,8 @@ def _budget(budget: Budget | int | None) -> Budget:
     raise TypeError(f"Invalid budget argument: {budget!r}; pass a number of LM calls or autoprompt.Budget(...)")
 
 
-def _new_run_dir(task_name: str, seed: int, runs_root: str | os.PathLike) -> Path:
+def new_run_dir(task_name: str, seed: int, runs_root: str | os.PathLike) -> Path:
+    """A new ``<runs_root>/<task>-<time>-s<seed>`` folder (suffixed when the name is taken)."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path(runs_root) / f"{task_name}-{stamp}-s{seed}"
     path, i = base, 1
@@ -224,7 +236,8 @@ def optimize(
         run_dir: the run directory (default: a new ``<runs_root>/<task>-<time>-s<seed>``).
         resume: continue the run in ``run_dir`` (its Optuna study and finished trials).
         cache_dir: DSPy's LM cache directory (see :func:`configure_cache`).
-        train_limit, dev_limit, test_limit: use only the first N examples of a split.
+        train_limit, dev_limit, test_limit: a seeded sample of N examples of a split, stratified over
+            the labels (the same sample for every seed).
         progress: show progress bars.
         **optimizer_options: passed to the optimizer's constructor (e.g. ``n_trials=8``).
 
@@ -254,14 +267,14 @@ def optimize(
             raise RunError(f"{run_path} already holds a run; pass resume=True (CLI: --resume) or a new directory")
         run_path.mkdir(parents=True, exist_ok=True)
     else:
-        run_path = _new_run_dir(task.name, seed, runs_root)
+        run_path = new_run_dir(task.name, seed, runs_root)
     config = {
         "format_version": RUN_FORMAT_VERSION,
         "autoprompt_version": __version__,
         "dspy_version": dspy.__version__,
         "task": {"name": task.name, "source": task.source, "options": task_options or {}},
         "lm": describe_lm(dspy_lm),
-        "lm_spec": lm if isinstance(lm, str) or lm is None else None,
+        "lm_spec": _lm_spec(lm),
         "proposer_lm": describe_lm(proposer) if proposer is not None else None,
         "optimizer": {"name": opt.name, "options": opt.options()},
         "seed": seed,
@@ -269,12 +282,12 @@ def optimize(
         "limits": {"train": train_limit, "dev": dev_limit, "test": test_limit},
     }
     if not resume:
-        _write(run_path / "config.json", config)
+        write_json(run_path / "config.json", config)
     adapter = dspy.JSONAdapter()
     baseline = task.make_program()
     result = Result(task=task, program=baseline, baseline_program=baseline, lm=dspy_lm, adapter=adapter,
                     run_dir=run_path, optimizer=opt, config=config, started=started)
-    with _log_to(run_path):
+    with log_to(run_path):
         logger.info("run %s: task %s, lm %s, optimizer %s, seed %d", run_path, task.name, dspy_lm.model, opt.name, seed)
         result.evaluate("dev", which="baseline", limit=dev_limit, progress=progress)
         logger.info("baseline dev score %.4f", result.baseline_score)

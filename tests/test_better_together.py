@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import dspy
 import pytest
 
 import autoprompt
-from autoprompt.bettertogether import STRATEGIES, parse_strategy
+from autoprompt.bettertogether import STRATEGIES, BaseStep, State, parse_strategy
 from autoprompt.evaluate import evaluate_program
+from autoprompt.lms import LMSpec
 
 from .conftest import TASKS
 from .test_cli import cli
@@ -19,8 +25,9 @@ def test_strategies_parse_and_bad_ones_are_named() -> None:
     assert [parse_strategy(s) for s in STRATEGIES] == [("p",), ("w",), ("p", "w"), ("w", "p"), ("p", "w", "p")]
     assert parse_strategy("P->W") == ("p", "w")
     for bad in ("p -> x", "", "p -> -> w"):
-        with pytest.raises(ValueError, match="steps are 'p' .* and 'w'"):
+        with pytest.raises(ValueError, match="steps are 'p' and 'w' "):
             parse_strategy(bad)
+    assert parse_strategy("p -> x", ("p", "w", "x")) == ("p", "x")
     out = cli("better-together", TASKS / "iris.py", "--strategy", "p -> q")
     assert out.returncode == 2 and "invalid strategy 'p -> q'" in out.stderr
 
@@ -37,6 +44,7 @@ def test_cli_runs_strategies_sharing_prefixes_and_keeps_every_step(tmp_path) -> 
     out = cli("better-together", TASKS / "iris.py", "--strategy", "p -> w", "--strategy", "w",
               "--option", "n_trials=2", "--option", "minibatches=[4]", "--option", "max_dev=8",
               "--option", "n_demo_sets=1", "--finetune-option", "max_steps=2", "--finetune-option", "batch_size=4",
+              "--data-option", "balance=false",
               "--train-limit", 12, "--dev-limit", 8, "--test-limit", 6, "--run-dir", run, "--no-progress",
               env_extra={"AUTOPROMPT_CACHE_DIR": str(tmp_path / "cache")})
     assert out.returncode == 0, out.stderr
@@ -60,7 +68,7 @@ def test_cli_runs_strategies_sharing_prefixes_and_keeps_every_step(tmp_path) -> 
         assert (step / "model" / "adapter.gguf").is_file()
         assert json.loads((step / "model" / "finetune.json").read_text())["metrics"]["steps"] == 2
         saved = json.loads((step / "step.json").read_text())
-        assert "+lora-" in saved["lm"]["model"]
+        assert saved["lm"]["model"] == "local" and saved["lm"]["adapter"].endswith(f"{name}/model/adapter.gguf")
         program = json.loads((step / "program.json").read_text())
         assert all(not p.get("demos") for k, p in program.items() if isinstance(p, dict) and "demos" in p)
 
@@ -68,7 +76,85 @@ def test_cli_runs_strategies_sharing_prefixes_and_keeps_every_step(tmp_path) -> 
     task = autoprompt.load_task(TASKS / "iris.py")
     step = json.loads((run / "steps" / "p-w" / "step.json").read_text())
     program = autoprompt.load_prompt(run / "steps" / "p-w" / "prompt.json", task)
-    lm = autoprompt.build_lm(step["lm_spec"])
+    lm = LMSpec.from_dict(step["lm"]).build()
     with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
         again = evaluate_program(program, task, "dev", limit=8, progress=False)
     assert again.score == step["scores"]["dev"]["score"]
+
+
+class DropDemos(BaseStep):
+    """A user's own step: the program without its demos, on the same LM."""
+
+    def run(self, state, context):
+        program = state.program.deepcopy()
+        for _, predictor in program.named_predictors():
+            predictor.demos = []
+        (context.folder / "note.txt").write_text("demos dropped")
+        return State(program, state.lm, details={"dropped": "demos"})
+
+
+def test_a_user_step_is_a_new_letter_without_editing_the_library(tmp_path) -> None:
+    task = autoprompt.load_task(TASKS / "iris.py")
+    result = autoprompt.better_together(task, "x", steps={"x": DropDemos()}, run_dir=tmp_path / "bt",
+                                        dev_limit=6, test=False, progress=False)
+    assert list(result.steps) == ["vanilla", "x"] and result["x"].details == {"dropped": "demos"}
+    assert result["x"].score("dev") == result["vanilla"].score("dev")  # same program, same LM
+    assert (tmp_path / "bt" / "steps" / "x" / "note.txt").is_file()
+    config = json.loads((tmp_path / "bt" / "config.json").read_text())
+    assert config["steps"]["x"]["class"].endswith("DropDemos") and config["lm"] == {"format_version": 1,
+                                                                                   "model": "local"}
+    with pytest.raises(ValueError, match="invalid strategy 'p -> y': steps are 'p', 'w' and 'x'"):
+        autoprompt.better_together(task, "p -> y", steps={"x": DropDemos()}, run_dir=tmp_path / "other")
+    with pytest.raises(TypeError, match=r"steps\['x'\] must be a BaseStep"):
+        autoprompt.better_together(task, "x", steps={"x": "drop demos"}, run_dir=tmp_path / "other")
+    assert not (tmp_path / "other").exists()
+
+
+def test_traces_too_few_to_balance_stop_the_w_step_and_keep_the_finished_ones(tmp_path) -> None:
+    """One train example cannot give passing traces of two labels: one clear error, vanilla stays."""
+    run = tmp_path / "bt"
+    out = cli("better-together", TASKS / "iris.py", "--strategy", "w", "--train-limit", 1, "--dev-limit", 3,
+              "--no-test", "--run-dir", run, "--no-progress",
+              env_extra={"AUTOPROMPT_CACHE_DIR": str(tmp_path / "cache")})
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "cannot balance the training data of task 'iris'" in out.stderr and "balance=False" in out.stderr
+    assert (run / "steps" / "vanilla" / "step.json").is_file() and not (run / "steps" / "w" / "step.json").exists()
+
+
+def test_a_killed_run_resumes_from_its_last_finished_step(tmp_path) -> None:
+    """kill -9 during the w step; --resume loads p (no LM call, study untouched) and finishes w."""
+    run = tmp_path / "bt"
+    args = ["better-together", TASKS / "iris.py", "--strategy", "p -> w", "--option", "n_trials=2",
+            "--option", "minibatches=[4]", "--option", "max_dev=6", "--option", "n_demo_sets=1",
+            "--finetune-option", "max_steps=2", "--finetune-option", "batch_size=4", "--data-option", "balance=false",
+            "--train-limit", 12, "--dev-limit", 6, "--no-test", "--run-dir", run, "--no-progress"]
+    env = {**os.environ, "AUTOPROMPT_CACHE_DIR": str(tmp_path / "cache")}
+    process = subprocess.Popen([sys.executable, "-m", "autoprompt", *map(str, args)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not (run / "steps" / "p" / "step.json").is_file():
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before its p step finished"
+        time.sleep(0.2)
+    time.sleep(3)  # inside the w step: tracing the train split
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (run / "steps" / "p-w" / "step.json").exists()
+    p_step = (run / "steps" / "p" / "step.json").read_bytes()
+    import optuna
+
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{run / 'steps' / 'p' / 'run' / 'study.db'}")
+    trials = len(study.trials)
+
+    again = cli(*args, "--resume", env_extra={"AUTOPROMPT_CACHE_DIR": str(tmp_path / "cache")})
+    assert again.returncode == 0, again.stderr
+    log = (run / "run.log").read_text()
+    assert "step 'p': finished earlier, loaded" in log and "(resumed)" in log
+    assert log.count("BetterTogether step 'p' (from 'vanilla')") == 1  # p ran once, before the kill
+    assert (run / "steps" / "p" / "step.json").read_bytes() == p_step
+    assert len(optuna.load_study(study_name=None, storage=f"sqlite:///{run / 'steps' / 'p' / 'run' / 'study.db'}")
+               .trials) == trials
+    results = json.loads((run / "results.json").read_text())
+    assert [r["strategy"] for r in results["rows"]] == ["vanilla", "p", "p -> w"]
+    # the resumed run is the same run: other options are refused with the fix
+    other = cli(*[a if a != 12 else 16 for a in args], "--resume")
+    assert other.returncode == 2 and "cannot resume" in other.stderr and "limits" in other.stderr

@@ -1,0 +1,198 @@
+"""BetterTogether's steps: an object per letter, taking and returning the state (program + its LM).
+
+A step is a :class:`BaseStep` with one method, ``run(state, context) -> State``. Two ship:
+
+- :class:`PromptStep` (``"p"``): any optimizer (:func:`autoprompt.optimize`) on the state's LM.
+- :class:`WeightStep` (``"w"``): the state's program runs over the train split, its passing traces
+  (balanced over the labels) become training data, and a finetuner trains the *base* model on
+  them; the new state is the program (demos dropped with the data) on the fine-tuned LM.
+
+A user adds a letter by passing an object: ``better_together(task, "p -> x", steps={"x": MyStep()})``.
+
+Example:
+    >>> class Demos(BaseStep):   # a step that only drops the demos
+    ...     def run(self, state, context):
+    ...         program = state.program.deepcopy()
+    ...         for _, p in program.named_predictors():
+    ...             p.demos = []
+    ...         return State(program, state.lm, details={"dropped": "demos"})
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dspy
+
+from autoprompt._exceptions import ExportError, FinetuneError
+from autoprompt.lms import LMSpec
+
+__all__ = ["BaseStep", "PromptStep", "State", "StepContext", "WeightStep"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class State:
+    """A program and the LM it runs on; ``details`` says what the step that made it did."""
+
+    program: dspy.Module
+    lm: LMSpec
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StepContext:
+    """What a step may use: the task, its own folder (resumable work goes there), the run's settings."""
+
+    task: Any
+    folder: Path
+    seed: int = 0
+    progress: bool = True
+    limits: dict[str, int | None] = field(default_factory=dict)
+    resume: bool = False
+    name: str = ""
+    parent: str = ""
+
+
+class BaseStep(abc.ABC):
+    """One letter of a strategy. Options go to ``__init__``; ``run`` must not change ``state``."""
+
+    @abc.abstractmethod
+    def run(self, state: State, context: StepContext) -> State:
+        """Return the next state. Keep what is worth keeping under ``context.folder``."""
+
+    def options(self) -> dict[str, Any]:
+        """The constructor options, as config.json records them (objects by their name)."""
+        out = {}
+        for k, v in vars(self).items():
+            if k.startswith("_"):
+                continue
+            out[k] = v if isinstance(v, (str, int, float, bool, type(None), list, dict)) else \
+                getattr(v, "name", type(v).__name__)
+        return out
+
+
+class PromptStep(BaseStep):
+    """``p``: prompt optimization with any optimizer on the state's LM.
+
+    Args:
+        optimizer: an optimizer name (:data:`autoprompt.optimizers.OPTIMIZERS`) or object.
+        budget: the cap of this step (LM calls or :class:`autoprompt.Budget`).
+        **optimizer_options: the optimizer's constructor options (e.g. ``n_trials=8``).
+
+    Each ``p`` searches the task's program afresh on the current LM: what earlier steps learnt is
+    carried by the (fine-tuned) LM. A killed ``p`` resumes its Optuna study (``context.resume``).
+    """
+
+    def __init__(self, optimizer: Any = "optuna", *, budget: Any = None, **optimizer_options: Any) -> None:
+        self.optimizer = optimizer
+        self.budget = budget
+        self.optimizer_options = optimizer_options
+
+    def options(self) -> dict[str, Any]:
+        budget = vars(self.budget) if hasattr(self.budget, "__dict__") else self.budget
+        return {"optimizer": self.optimizer if isinstance(self.optimizer, str) else
+                getattr(self.optimizer, "name", type(self.optimizer).__name__),
+                "budget": budget, "optimizer_options": self.optimizer_options}
+
+    def run(self, state: State, context: StepContext) -> State:
+        from autoprompt.run import optimize
+
+        run_dir = context.folder / "run"
+        resume = context.resume and (run_dir / "config.json").is_file()
+        if resume:
+            logger.info("resuming the p step's study in %s", run_dir)
+        lm: Any = state.lm if state.lm.api_key is None else state.lm.build()  # a key never reaches a file
+        run = optimize(context.task, lm=lm, optimizer=self.optimizer, seed=context.seed, budget=self.budget,
+                       run_dir=run_dir, resume=resume, train_limit=context.limits.get("train"),
+                       dev_limit=context.limits.get("dev"), progress=context.progress, **self.optimizer_options)
+        return State(run.program, state.lm, details={
+            "run_dir": str(run_dir.relative_to(context.folder.parent.parent)), "usage": run.usage,
+            "evaluations": {"dev": run.evaluations[("optimized", "dev")]}})
+
+
+class WeightStep(BaseStep):
+    """``w``: fine-tune the base model on the state's program's passing traces.
+
+    Args:
+        finetuner: a :class:`autoprompt.finetune.BaseFinetuner` or a name; default: LoRA on the
+            local model (``LoRAFinetuner(seed=<run seed>)``); a remote LM needs one.
+        max_traces: keep at most this many examples' traces (a quota per label with ``balance``);
+            the program runs over the train split in a seeded order until the quotas are full.
+            ``None``: the whole split.
+        balance: as many traces per label as the rarest label has (see
+            :func:`autoprompt.export.compile_training_data`).
+        val_fraction: share of the traces held back to choose the checkpoint (validation accuracy).
+        **data_options: more options of ``compile_training_data`` (``threshold``, ``keep_demos``,
+            ``answers``, ``limit``, ...).
+    """
+
+    def __init__(self, finetuner: Any = None, *, max_traces: int | None = 1000, balance: bool = True,
+                 val_fraction: float = 0.1, **data_options: Any) -> None:
+        import inspect
+
+        from autoprompt.export import compile_training_data
+
+        allowed = set(inspect.signature(compile_training_data).parameters) - {
+            "program", "task", "split", "progress", "source", "seed", "max_traces", "balance", "val_fraction"}
+        for key in data_options:
+            if key not in allowed:
+                raise ExportError(f"unknown data option {key!r} of the w step; valid: "
+                                  f"{', '.join(sorted(allowed | {'max_traces', 'balance', 'val_fraction'}))}")
+        if max_traces is not None and (not isinstance(max_traces, int) or max_traces < 1):
+            raise ExportError(f"data option max_traces must be a positive integer or None, got {max_traces!r}")
+        self.finetuner = finetuner
+        self.max_traces = max_traces
+        self.balance = balance
+        self.val_fraction = val_fraction
+        self.data_options = data_options
+
+    def options(self) -> dict[str, Any]:
+        tuner = self.finetuner
+        return {"finetuner": None if tuner is None else tuner if isinstance(tuner, str) else
+                {"name": tuner.name, "options": tuner.options()},
+                "max_traces": self.max_traces, "balance": self.balance, "val_fraction": self.val_fraction,
+                "data_options": self.data_options}
+
+    def finetuner_for(self, lm: LMSpec, context: StepContext) -> Any:
+        """The finetuner object for ``lm`` (the default one for a local model)."""
+        from autoprompt.finetune import get_finetuner
+
+        if self.finetuner is not None:
+            return get_finetuner(self.finetuner)
+        if not lm.is_local:
+            raise FinetuneError(
+                f"a 'w' step on {lm.model} needs a finetuner for that provider, e.g. "
+                "finetuner=autoprompt.finetune.OpenAIFinetuner('openai/<model>')"
+            )
+        return get_finetuner("lora", seed=context.seed, progress=context.progress, base_model=lm.base_model)
+
+    def run(self, state: State, context: StepContext) -> State:
+        from autoprompt.export import compile_training_data
+
+        finetuner = self.finetuner_for(state.lm, context)
+        options = {"limit": context.limits.get("train"), "seed": context.seed, **self.data_options,
+                   "max_traces": self.max_traces, "balance": self.balance, "val_fraction": self.val_fraction}
+        with dspy.context(lm=state.lm.build(), adapter=dspy.JSONAdapter()):
+            data = compile_training_data(state.program, context.task, split="train", progress=context.progress,
+                                         source=f"better_together step {context.name!r}: traces of the program of "
+                                                f"step {context.parent!r}", **options)
+        data.save(context.folder / "data", format="openai")
+        tuned = finetuner.finetune(data, context.folder / "model")
+        program = state.program.deepcopy()
+        if not data.manifest["options"]["keep_demos"]:  # ask the tuned LM what it was trained on
+            for _, predictor in program.named_predictors():
+                predictor.demos = []
+        if tuned.output_dir is not None and state.lm.is_local:
+            lm = state.lm.base().with_adapter(Path(tuned.lm_spec.partition("?lora=")[2]))
+        else:  # a provider's fine-tuned model: its server settings (and key, in memory) carry over
+            lm = LMSpec.parse(tuned.lm_spec, api_base=state.lm.api_base, api_key_env=state.lm.api_key_env,
+                              api_key=tuned.lm_kwargs.get("api_key", state.lm.api_key))
+        metrics = {k: v for k, v in tuned.metrics.items() if k not in ("losses",)}
+        return State(program, lm, details={"training_data": data.counts, "labels": data.manifest["labels"],
+                                           "finetune": metrics})
