@@ -4,6 +4,8 @@
   on CPU with the ``finetune`` extra; the result is served by llama.cpp (``local?lora=...``).
 - :class:`OpenAIFinetuner` (``"openai"``): an OpenAI-compatible fine-tuning API, through DSPy's
   provider interface.
+- :class:`LocalProvider` / :func:`dspy_lm`: the LoRA finetuner as a DSPy provider, so that
+  ``dspy.BootstrapFinetune`` and ``dspy.BetterTogether`` fine-tune the embedded model on CPU.
 
 Both take :class:`autoprompt.export.TrainingData` and return a :class:`FinetuneResult`.
 """
@@ -14,6 +16,7 @@ from typing import Any
 
 from autoprompt._exceptions import FinetuneError
 from autoprompt.finetune._base import FINETUNE_FORMAT_VERSION, BaseFinetuner, FinetuneResult
+from autoprompt.finetune._dspy import LocalProvider, dspy_lm
 from autoprompt.finetune._gguf import write_lora_adapter
 from autoprompt.finetune._lora import DEFAULT_TARGET_MODULES, LoRAFinetuner, require_finetune_extra
 from autoprompt.finetune._remote import OpenAIFinetuner
@@ -25,7 +28,9 @@ __all__ = [
     "BaseFinetuner",
     "FinetuneResult",
     "LoRAFinetuner",
+    "LocalProvider",
     "OpenAIFinetuner",
+    "dspy_lm",
     "get_finetuner",
     "require_finetune_extra",
     "write_lora_adapter",
