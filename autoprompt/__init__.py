@@ -15,6 +15,7 @@ from autoprompt._exceptions import (
     ExportError,
     FinetuneError,
     LMError,
+    OptionError,
     RunError,
     TaskError,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "ExportError",
     "FinetuneError",
     "LMError",
+    "OptionError",
     "Result",
     "RunError",
     "Task",

@@ -21,6 +21,7 @@ __all__ = [
     "ExportError",
     "FinetuneError",
     "LMError",
+    "OptionError",
     "RunError",
     "TaskError",
 ]
@@ -61,6 +62,10 @@ class ExportError(AutopromptError):
 
 class FinetuneError(AutopromptError):
     """Fine-tuning cannot run (the ``finetune`` extra is missing, the data is empty) or its job failed."""
+
+
+class OptionError(AutopromptError, TypeError):
+    """An option a constructor does not take, or a value of the wrong type (also a ``TypeError``)."""
 
 
 class RunError(AutopromptError):

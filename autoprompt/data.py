@@ -104,10 +104,19 @@ def _load_file(path: Path) -> "datasets.Dataset":
             f"{path}: no such file. Fix the path in the task module, or to load from the "
             "Hugging Face hub use autoprompt.data.hub('owner/name', split=...)"
         )
+    from datasets.utils import logging as datasets_logging
+
+    # no "Generating train split" bar per local file (a small file converts in milliseconds, and the bars
+    # buried one-line errors); the user's own setting is restored afterwards
+    shown = datasets_logging.is_progress_bar_enabled()
+    datasets_logging.disable_progress_bar()
     try:
         return datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as exc:  # datasets raises many types for a malformed file
         raise DataError(f"{path}: cannot be read as {builder}: {exc}") from exc
+    finally:
+        if shown:
+            datasets_logging.enable_progress_bar()
 
 
 def _load_hub(source: HubSource) -> "datasets.Dataset":

@@ -51,3 +51,26 @@ def test_errors_are_one_clear_line(tmp_path):
     assert "Traceback" not in out.stderr
     missing = cli("export", tmp_path, "--format", "json")
     assert missing.returncode == 2 and "has no prompt.json" in missing.stderr
+
+
+def test_bad_options_are_one_line_naming_the_option_and_its_type(tmp_path):
+    env = {"AUTOPROMPT_DATA_DIR": str(tmp_path / "none")}
+    cases = [
+        (("optimize", TASKS / "sentiment.py", "--option", "n_trialz=3"),
+         "optimizer 'optuna' takes no option 'n_trialz'; its options are"),
+        (("optimize", TASKS / "sentiment.py", "--option", "n_trials=abc"),
+         "optimizer 'optuna': option n_trials takes int, got 'abc' (str)"),
+        (("better-together", TASKS / "iris.py", "--option", "n_trials=abc"), "option n_trials takes int"),
+        (("better-together", TASKS / "iris.py", "--finetune-option", "epochs=2.5"),
+         "finetuner 'lora': option epochs takes int, got 2.5 (float)"),
+        (("better-together", TASKS / "iris.py", "--data-option", "max_tracez=10"),
+         "the w step's data takes no option 'max_tracez'"),
+        (("better-together", TASKS / "iris.py", "--data-option", "balance=yes"),
+         "option balance takes bool, got 'yes' (str)"),
+    ]
+    for args, message in cases:
+        out = cli(*args, "--run-dir", tmp_path / "never", env_extra=env)
+        assert out.returncode == 2, (args, out.stderr)
+        assert message in out.stderr and "Traceback" not in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert not (tmp_path / "never").exists()

@@ -90,6 +90,10 @@ class PromptStep(BaseStep):
     """
 
     def __init__(self, optimizer: Any = "optuna", *, budget: Any = None, **optimizer_options: Any) -> None:
+        from autoprompt.optimizers import get_optimizer
+
+        if isinstance(optimizer, str):  # a bad name or option fails here, before the run does any work
+            get_optimizer(optimizer, **optimizer_options)
         self.optimizer = optimizer
         self.budget = budget
         self.optimizer_options = optimizer_options
@@ -134,17 +138,15 @@ class WeightStep(BaseStep):
 
     def __init__(self, finetuner: Any = None, *, max_traces: int | None = 1000, balance: bool = True,
                  val_fraction: float = 0.1, **data_options: Any) -> None:
-        import inspect
-
+        from autoprompt._options import OptionError, check_options
         from autoprompt.export import compile_training_data
 
-        allowed = set(inspect.signature(compile_training_data).parameters) - {
-            "program", "task", "split", "progress", "source", "seed", "max_traces", "balance", "val_fraction"}
-        for key in data_options:
-            if key not in allowed:
-                raise ExportError(f"unknown data option {key!r} of the w step; valid: "
-                                  f"{', '.join(sorted(allowed | {'max_traces', 'balance', 'val_fraction'}))}")
-        if max_traces is not None and (not isinstance(max_traces, int) or max_traces < 1):
+        reserved = {"program", "task", "split", "progress", "source", "seed"}  # set by the step itself
+        if reserved & set(data_options):
+            raise OptionError(f"the w step sets {sorted(reserved & set(data_options))} itself; drop them")
+        check_options(compile_training_data, {"max_traces": max_traces, "balance": balance,
+                                              "val_fraction": val_fraction, **data_options}, "the w step's data")
+        if max_traces is not None and max_traces < 1:
             raise ExportError(f"data option max_traces must be a positive integer or None, got {max_traces!r}")
         self.finetuner = finetuner
         self.max_traces = max_traces
@@ -154,8 +156,10 @@ class WeightStep(BaseStep):
 
     def options(self) -> dict[str, Any]:
         tuner = self.finetuner
+        # what decides the result (not how it is shown or how many threads run it): a resumed run compares these
+        runtime = {"progress", "threads"}
         return {"finetuner": None if tuner is None else tuner if isinstance(tuner, str) else
-                {"name": tuner.name, "options": tuner.options()},
+                {"name": tuner.name, "options": {k: v for k, v in tuner.options().items() if k not in runtime}},
                 "max_traces": self.max_traces, "balance": self.balance, "val_fraction": self.val_fraction,
                 "data_options": self.data_options}
 

@@ -47,7 +47,7 @@ def get_finetuner(finetuner: Any = "lora", **options: Any) -> BaseFinetuner:
         return finetuner
     if finetuner not in FINETUNERS:
         raise FinetuneError(f"unknown finetuner {finetuner!r}; choose one of {sorted(FINETUNERS)}")
-    try:
-        return FINETUNERS[finetuner](**options)
-    except TypeError as exc:
-        raise FinetuneError(f"finetuner {finetuner!r}: {exc}") from exc
+    from autoprompt._options import check_options
+
+    check_options(FINETUNERS[finetuner], options, f"finetuner {finetuner!r}")
+    return FINETUNERS[finetuner](**options)

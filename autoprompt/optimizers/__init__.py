@@ -42,7 +42,8 @@ def get_optimizer(optimizer: Any = None, **options: Any) -> BaseOptimizer:
     """Turn an ``optimizer=`` argument (a name or an instance) into an optimizer object.
 
     Raises:
-        TypeError: unknown name, or options the optimizer does not take.
+        TypeError: unknown name; :class:`autoprompt.OptionError` (a ``TypeError`` too): an option the
+            optimizer does not take, or a value of the wrong type.
     """
     if isinstance(optimizer, BaseOptimizer):
         if options:
@@ -51,10 +52,10 @@ def get_optimizer(optimizer: Any = None, **options: Any) -> BaseOptimizer:
     name = optimizer or "optuna"
     if not isinstance(name, str) or name not in OPTIMIZERS:
         raise TypeError(f"Invalid optimizer argument: {optimizer!r}; use one of {sorted(OPTIMIZERS)} or a BaseOptimizer")
-    try:
-        return OPTIMIZERS[name](**options)
-    except TypeError as exc:
-        raise TypeError(f"optimizer {name!r}: {exc}") from exc
+    from autoprompt._options import check_options
+
+    check_options(OPTIMIZERS[name], options, f"optimizer {name!r}")  # OptionError: one line naming the option
+    return OPTIMIZERS[name](**options)
 
 
 def optimizer_from_config(record: dict[str, Any], **overrides: Any) -> BaseOptimizer:
