@@ -345,6 +345,10 @@ def _check_config(path: Path, config: dict[str, Any]) -> None:
     if old.get("format") != config["format"] or old.get("format_version") != BT_FORMAT_VERSION:
         raise RunError(f"{path}/config.json is not a BetterTogether run of format version {BT_FORMAT_VERSION} "
                        f"(found {old.get('format')!r} version {old.get('format_version')!r}); start a new run")
+    if old.get("task", {}).get("source") != config["task"]["source"]:  # a moved clone or run folder
+        logger.warning("resuming %s: its task file was %s, now %s", path, old.get("task", {}).get("source"),
+                       config["task"]["source"])
+    old = {**old, "task": {**old.get("task", {}), "source": config["task"]["source"]}}
     for key in ("task", "lm", "seed", "limits", "steps"):
         if old.get(key) != config[key]:
             raise RunError(f"cannot resume {path}: its {key} was {old.get(key)!r}, now {config[key]!r}; "
