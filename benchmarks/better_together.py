@@ -1,141 +1,254 @@
-"""BetterTogether's Table 1 in miniature: vanilla, p, w, p -> w, w -> p, p -> w -> p on the test split.
+"""BetterTogether's Table 1 on the embedded SmolLM2-135M: vanilla, p, w, p -> w, w -> p, p -> w -> p.
 
-Runs every strategy (sharing prefixes) for each task and seed with the embedded SmolLM2-135M:
-``p`` = autoprompt's Optuna search, ``w`` = LoRA on CPU served by llama.cpp. Writes one JSON per
-task (benchmarks/results/better_together_<task>.json) and, from all of them, a markdown table and a
-PNG bar chart (benchmarks/results/better_together.md / .png):
+A cell is (task, seed, side, strategy). Sides:
 
-    .venv/bin/python benchmarks/better_together.py --tasks iris sentiment --seeds 0 1 2
+- ``autoprompt``: :func:`autoprompt.better_together` at its defaults for ``p`` (Optuna search, capped
+  at ``--calls`` LM calls per ``p``) and ``w`` (balanced passing traces of the current program,
+  ``max_traces`` of them, LoRA chosen by decoded validation accuracy), sharing prefixes;
+- ``gold``: the same ``w`` on the gold labels of the same number of train examples (``answers="gold"``):
+  the ceiling of the fine-tuning recipe at that data size;
+- ``traces-N``: ``w`` alone with ``max_traces=N`` (the data curve: test score vs number of traces);
+- ``dspy``: DSPy's own ``dspy.BetterTogether`` (BootstrapFewShotWithRandomSearch + BootstrapFinetune)
+  fine-tuning the same model through :func:`autoprompt.finetune.dspy_lm`, strategy p -> w -> p.
 
-Two tasks can run as two processes side by side on a 2-core machine; give each one thread
-(``AUTOPROMPT_LLAMA_THREADS=1``, used by llama.cpp and by the LoRA trainer). The LM cache is a
-fresh folder per invocation, so calls and times are real.
+Every (task, seed, side) is one run directory under ``benchmarks/runs/`` (git-ignored) with its own
+LM cache, empty when the side starts; ``better_together`` resumes it step by step, so a benchmark
+cut short continues where it stopped. Each finished cell is written at once to
+``benchmarks/results/better_together/<task>/s<seed>/<side>/<strategy>.json`` with everything the
+report needs (scores, step wall time, the w step's label histogram and LoRA metrics); a rerun skips
+finished cells. ``--report`` rebuilds ``better_together.md`` and ``.png`` from the cell files alone:
+
+    .venv/bin/python benchmarks/better_together.py --task sentiment --seeds 0 1 2
+    .venv/bin/python benchmarks/better_together.py --task sentiment --seeds 0 --sides gold traces-100 traces-300
+    .venv/bin/python benchmarks/better_together.py --report
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import shlex
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
 
 import autoprompt  # noqa: E402
-from autoprompt.bettertogether import STRATEGIES  # noqa: E402
-from autoprompt.finetune import LoRAFinetuner  # noqa: E402
+from autoprompt.bettertogether import STRATEGIES, WeightStep  # noqa: E402
+from autoprompt.run import write_json  # noqa: E402
 
 RESULTS = HERE / "results"
+CELLS = RESULTS / "better_together"
+RUNS = HERE / "runs"
 ORDER = ["vanilla", *STRATEGIES]
-# per task: split limits and the p step's search (kept small: 3 p steps and 2 LoRA runs per seed)
-SETTINGS = {
-    "iris": {"train_limit": None, "dev_limit": 25, "test_limit": None,
-             "optimizer_options": {"n_trials": 6, "minibatches": [10], "max_dev": 25, "n_demo_sets": 3}},
-    "sentiment": {"train_limit": 64, "dev_limit": 40, "test_limit": 100,
-                  "optimizer_options": {"n_trials": 6, "minibatches": [10], "max_dev": 40, "n_demo_sets": 3}},
+logger = logging.getLogger("benchmarks.better_together")
+
+# per task: limits (a seeded label-stratified sample; None = the whole split), the p step's cap in LM
+# calls, the w step's traces, the strategies and seeds of the issue
+SETTINGS: dict[str, dict[str, Any]] = {
+    "sentiment": {"train_limit": None, "dev_limit": 200, "test_limit": None, "calls": 600, "max_traces": 1000,
+                  "strategies": list(STRATEGIES), "seeds": [0, 1, 2]},
+    "iris": {"train_limit": None, "dev_limit": None, "test_limit": None, "calls": 400, "max_traces": None,
+             "strategies": list(STRATEGIES), "seeds": [0, 1, 2]},
+    "banking77": {"train_limit": None, "dev_limit": 154, "test_limit": 231, "calls": 600, "max_traces": 770,
+                  "strategies": ["p", "w", "p -> w -> p"], "seeds": [0, 1]},
 }
 
 
-def from_run_dir(path: Path) -> dict:
-    """A finished seed's entry rebuilt from its run directory (to resume a benchmark cut short)."""
-    results = json.loads((path / "results.json").read_text())
-    config = json.loads((path / "config.json").read_text())
-    rows = {r["strategy"]: {"dev": r["dev"], "test": r["test"], "n": r["n"], "seconds": r["seconds"]}
-            for r in results["rows"]}
-    return {"seed": config["seed"], "rows": rows, "run_dir": str(path.resolve().relative_to(HERE.parent)),
-            "seconds": results["seconds"],
-            "w_steps": {k: s["details"] for k, s in results["steps"].items() if k.endswith("w")}}
+def cell_path(task: str, seed: int, side: str, strategy: str) -> Path:
+    return CELLS / task / f"s{seed}" / side / (strategy.replace(" -> ", "-") + ".json")
 
 
-def run_task(name: str, seeds: list[int], epochs: int, strategies: list[str], answers: str,
-             earlier: list[Path]) -> dict:
-    task = autoprompt.load_task(str(HERE.parent / "tasks" / f"{name}.py"))
-    settings = SETTINGS[name]
+def write_cell(path: Path, cell: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, cell)  # atomic: a killed benchmark never leaves half a cell
+
+
+def step_cell(step: Any, *, task: str, seed: int, side: str, settings: dict[str, Any], command: str) -> dict[str, Any]:
+    details = {k: v for k, v in step.details.items() if k != "run_dir"}
+    if "finetune" in details:
+        details["finetune"] = {k: v for k, v in details["finetune"].items() if k not in ("losses",)}
+    return {
+        "task": task, "seed": seed, "side": side, "strategy": step.strategy,
+        "scores": {s: {"score": e.score, "n": e.n, "errors": e.errors, "parse_failures": e.parse_failures}
+                   for s, e in step.evaluations.items()},
+        "seconds": round(step.seconds, 1), "details": details,
+        "lm": "local" + (" + LoRA adapter" if step.lm.adapter else ""),
+        "settings": settings, "command": command, "cache": "own LM cache per task, seed and side, empty at its start",
+    }
+
+
+def run_side(task_name: str, seed: int, side: str, strategies: list[str], command: str) -> None:
+    settings = dict(SETTINGS[task_name])
+    task = autoprompt.load_task(str(ROOT / "tasks" / f"{task_name}.py"))
+    run_dir = RUNS / f"{task_name}-s{seed}-{side}"
+    autoprompt.configure_cache(run_dir.parent / f"{run_dir.name}-cache")
+    common = {"seed": seed, "train_limit": settings["train_limit"], "dev_limit": settings["dev_limit"],
+              "test_limit": settings["test_limit"], "progress": False, "budget": settings["calls"]}
+    steps, wanted = None, strategies
+    if side == "gold":
+        steps, wanted = {"g": WeightStep(max_traces=settings["max_traces"], answers="gold")}, ["g"]
+    elif side.startswith("traces-"):
+        steps, wanted = {"w": WeightStep(max_traces=int(side.split("-")[1]))}, ["w"]
+    else:
+        steps = {"w": WeightStep(max_traces=settings["max_traces"])}
+    for strategy in wanted:
+        if cell_path(task_name, seed, side, strategy).is_file():
+            continue
+        started = time.monotonic()
+        result = autoprompt.better_together(task, strategy, steps=steps, run_dir=run_dir,
+                                            resume=(run_dir / "config.json").is_file(), **common)
+        for name, step in result.steps.items():
+            path = cell_path(task_name, seed, side, name)
+            if not path.is_file():
+                write_cell(path, step_cell(step, task=task_name, seed=seed, side=side, settings=settings,
+                                           command=command))
+        logger.info("%s s%d %s %s: %.0f s", task_name, seed, side, strategy, time.monotonic() - started)
+        print(f"{task_name} s{seed} {side} {strategy}: "
+              + ", ".join(f"{k} {100 * (s.score('test') or 0):.1f}" for k, s in result.steps.items()), flush=True)
+
+
+def run_dspy(task_name: str, seed: int, command: str) -> None:
+    """DSPy's own BetterTogether (p -> w -> p) on the same model, fine-tuned through autoprompt's provider."""
+    import dspy
+
+    from autoprompt.evaluate import evaluate_program
+    from autoprompt.finetune import dspy_lm
+
+    path = cell_path(task_name, seed, "dspy", "p -> w -> p")
+    if path.is_file():
+        return
+    settings = dict(SETTINGS[task_name])
+    task = autoprompt.load_task(str(ROOT / "tasks" / f"{task_name}.py"))
+    run_dir = RUNS / f"{task_name}-s{seed}-dspy"
+    autoprompt.configure_cache(run_dir.parent / f"{run_dir.name}-cache")
+    trainset = task.examples("train", limit=settings["max_traces"] or settings["train_limit"], seed=seed)
+    devset = task.examples("dev", limit=settings["dev_limit"])
+
+    def metric(example, prediction, trace=None):
+        return task.score(example, prediction)
+
+    lm = dspy_lm()
+    student = task.make_program()
+    student.set_lm(lm)
+    optimizer = dspy.BetterTogether(
+        metric,
+        p=dspy.BootstrapFewShotWithRandomSearch(metric, max_bootstrapped_demos=4, max_labeled_demos=4,
+                                                num_candidate_programs=6, num_threads=1),
+        w=dspy.BootstrapFinetune(metric, train_kwargs={"seed": seed, "output_dir": str(run_dir / "lora")}),
+    )
     started = time.monotonic()
-    runs = [from_run_dir(p) for p in earlier]
-    for seed in seeds:
-        t0 = time.monotonic()
-        result = autoprompt.better_together(
-            task, strategies, seed=seed, runs_root=RESULTS / "runs", progress=False,
-            data_options={"answers": answers},
-            optimizer_options=settings["optimizer_options"], train_limit=settings["train_limit"],
-            dev_limit=settings["dev_limit"], test_limit=settings["test_limit"],
-            finetuner=LoRAFinetuner(seed=seed, epochs=epochs, progress=False),
-        )
-        rows = {r["strategy"]: {"dev": r["dev"], "test": r["test"], "n": r["n"], "seconds": r["seconds"]}
-                for r in result.rows()}
-        runs.append({"seed": seed, "rows": rows, "run_dir": str(result.run_dir.relative_to(HERE.parent)),
-                     "seconds": round(time.monotonic() - t0, 1),
-                     "w_steps": {k: s.details for k, s in result.steps.items() if k.endswith("w")}})
-        print(f"{name} seed {seed}: " + ", ".join(f"{k} {100 * v['test']:.1f}" for k, v in rows.items()), flush=True)
-    return {"task": name, "seeds": [r["seed"] for r in runs], "settings": settings, "epochs": epochs, "runs": runs, "answers": answers,
-            "command": " ".join(["python", *sys.argv]), "seconds": round(time.monotonic() - started, 1)}
+    with dspy.context(lm=lm, adapter=dspy.ChatAdapter()):
+        compiled = optimizer.compile(student, trainset=trainset, valset=devset, strategy="p -> w -> p")
+        scores = {split: evaluate_program(compiled, task, split, limit=settings[f"{split}_limit"], progress=False)
+                  for split in ("dev", "test")}
+    write_cell(path, {
+        "task": task_name, "seed": seed, "side": "dspy", "strategy": "p -> w -> p",
+        "scores": {s: {"score": e.score, "n": e.n, "errors": e.errors, "parse_failures": e.parse_failures}
+                   for s, e in scores.items()},
+        "seconds": round(time.monotonic() - started, 1),
+        "details": {"candidates": [{"strategy": c["strategy"], "dev": c["score"]} for c in compiled.candidate_programs],
+                    "lm_calls": len(lm.history)},
+        "lm": "local + LoRA adapter (DSPy BootstrapFinetune)", "settings": settings, "command": command,
+        "cache": "own LM cache, empty at its start",
+    })
+
+
+def load_cells() -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted(CELLS.glob("*/s*/*/*.json"))]
 
 
 def report() -> str:
-    data = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("better_together_*.json"))]
+    cells = load_cells()
     lines = [
-        "# BetterTogether in miniature: embedded SmolLM2-135M, test split",
+        "# BetterTogether on the embedded SmolLM2-135M (test accuracy %)",
         "",
-        "p = autoprompt's Optuna prompt search; w = LoRA fine-tuning on CPU on the passing train traces of "
-        "the current program (demos dropped), served by llama.cpp as a GGUF adapter. Scores are accuracy "
-        "% on the test split, mean over seeds (each seed re-samples the search and the LoRA initialisation).",
+        "Written by `benchmarks/better_together.py` from the cell files under `benchmarks/results/better_together/` "
+        "(one per task, seed, side and strategy). p = autoprompt's Optuna prompt search capped at the LM calls "
+        "given; w = LoRA on CPU on the balanced passing train traces of the current program (demos dropped), "
+        "checkpoint chosen by decoded validation accuracy, served by llama.cpp as a GGUF adapter. "
+        "Each side and seed ran with its own LM cache, empty when it started; within a side, a step that sends "
+        "the same prompt to the same LM as an earlier step gets the cached answer (e.g. a final p that keeps the "
+        "zero-shot program on the fine-tuned LM re-scores from the cache, hence its short step time). "
+        "'step min' is the step's wall time including its scoring on dev and test.",
         "",
     ]
-    for d in data:
-        s = d["settings"]
-        variant = "" if d.get("answers", "program") == "program" else \
-            " — variant: w trains on the gold labels (answers='gold'), not on the program's own answers"
-        lines += [
-            f"## {d['task']}{variant}",
-            "",
-            f"Command: `{d['command']}`; wall time {d['seconds'] / 60:.0f} min for {len(d['seeds'])} seeds. "
-            f"Limits: train {s['train_limit']}, dev {s['dev_limit']}, test {s['test_limit']} (None = whole split); "
-            f"p: {s['optimizer_options']}; w: LoRA rank 8, {d['epochs']} epochs.",
-            "",
-            "| strategy | " + " | ".join(f"test % s{r['seed']}" for r in d["runs"]) + " | test % mean ± sd | dev % mean |",
-            "|---|" + "---:|" * (len(d["runs"]) + 2),
-        ]
-        for strategy in ORDER:
-            tests = [r["rows"][strategy]["test"] for r in d["runs"] if strategy in r["rows"]]
-            devs = [r["rows"][strategy]["dev"] for r in d["runs"] if strategy in r["rows"]]
-            if not tests:
+    for task in sorted({c["task"] for c in cells}):
+        mine = [c for c in cells if c["task"] == task]
+        s = mine[0]["settings"]
+        lines += [f"## {task}", "",
+                  f"Limits (seeded, label-stratified; None = whole split): train {s['train_limit']}, dev "
+                  f"{s['dev_limit']}, test {s['test_limit']}; p capped at {s['calls']} LM calls; w max_traces "
+                  f"{s['max_traces']}. Command: `{mine[0]['command']}`.", ""]
+        seeds = sorted({c["seed"] for c in mine})
+        lines += ["| side | strategy | " + " | ".join(f"test s{x}" for x in seeds) + " | test mean | dev mean | step min (mean) |",
+                  "|---|---|" + "---:|" * (len(seeds) + 3)]
+        keys = sorted({(c["side"], c["strategy"]) for c in mine},
+                      key=lambda k: (k[0] != "autoprompt", k[0], ORDER.index(k[1]) if k[1] in ORDER else 99, k[1]))
+        for side, strategy in keys:
+            by_seed = {c["seed"]: c for c in mine if c["side"] == side and c["strategy"] == strategy}
+            tests = [by_seed[x]["scores"]["test"]["score"] for x in seeds if x in by_seed and "test" in by_seed[x]["scores"]]
+            devs = [by_seed[x]["scores"]["dev"]["score"] for x in seeds if x in by_seed and "dev" in by_seed[x]["scores"]]
+            mins = [by_seed[x]["seconds"] / 60 for x in seeds if x in by_seed]
+            cells_txt = [f"{100 * by_seed[x]['scores']['test']['score']:.1f}" if x in by_seed and "test" in
+                         by_seed[x]["scores"] else "-" for x in seeds]
+            mean = lambda v: f"{100 * statistics.mean(v):.1f}" if v else "-"  # noqa: E731
+            label = "w on gold labels" if (side, strategy) == ("gold", "g") else strategy
+            lines.append(f"| {side} | {label} | " + " | ".join(cells_txt) + f" | {mean(tests)} | {mean(devs)} | "
+                         f"{statistics.mean(mins):.1f} |")
+        w_notes = []
+        for c in sorted(mine, key=lambda c: (c["seed"], c["side"], c["strategy"])):
+            ft, labels = c["details"].get("finetune"), c["details"].get("labels")
+            if not ft:
                 continue
-            sd = statistics.stdev(tests) if len(tests) > 1 else 0.0
-            lines.append(f"| {strategy} | " + " | ".join(f"{100 * t:.1f}" for t in tests)
-                         + f" | {100 * statistics.mean(tests):.1f} ± {100 * sd:.1f} | {100 * statistics.mean(devs):.1f} |")
-        kept = [f"s{r['seed']} {k}: {v['training_data']['records']} examples, loss {v['finetune']['first_loss']:.2f}"
-                f"->{v['finetune']['final_loss']:.3f}" for r in d["runs"] for k, v in r["w_steps"].items()]
-        lines += ["", "Training data per w step: " + "; ".join(kept) + ".", ""]
+            best = ft.get("best") or {}
+            w_notes.append(
+                f"- s{c['seed']} {c['side']} `{c['strategy']}`: kept {labels.get('kept')}, dropped to balance "
+                f"{labels.get('dropped_balance')}, missing {labels.get('missing')}; LoRA {ft['examples']} examples, "
+                f"{ft['steps']} steps, best step {best.get('step')} (val acc {best.get('val_accuracy')}, base "
+                f"{ft.get('val_accuracy_base')}), {ft['train_seconds'] / 60:.1f} min training at "
+                f"{ft['tokens_per_second']:.0f} tokens/s ({ft['dtype']})")
+        if w_notes:
+            lines += ["", "w steps:", "", *w_notes]
+        lines.append("")
     text = "\n".join(lines) + "\n"
     (RESULTS / "better_together.md").write_text(text)
-    _plot(data)
+    _plot(cells)
     return text
 
 
-def _plot(data: list[dict]) -> None:
+def _plot(cells: list[dict[str, Any]]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(data), figsize=(5.5 * len(data), 4), squeeze=False)
-    for ax, d in zip(axes[0], data):
-        order = [k for k in ORDER if any(k in r["rows"] for r in d["runs"])]
-        means, sds = [], []
-        for strategy in order:
-            tests = [100 * r["rows"][strategy]["test"] for r in d["runs"] if strategy in r["rows"]]
-            means.append(statistics.mean(tests) if tests else 0.0)
-            sds.append(statistics.stdev(tests) if len(tests) > 1 else 0.0)
-        ax.bar(range(len(order)), means, yerr=sds, capsize=4, color=["#999"] + ["#4c72b0"] * (len(order) - 1))
-        ax.set_xticks(range(len(order)), order, rotation=30, ha="right")
+    tasks = sorted({c["task"] for c in cells})
+    if not tasks:
+        return
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        mine = [c for c in cells if c["task"] == task and "test" in c["scores"]]
+        keys = sorted({(c["side"], c["strategy"]) for c in mine},
+                      key=lambda k: (k[0] != "autoprompt", k[0], ORDER.index(k[1]) if k[1] in ORDER else 99))
+        means, sds, labels = [], [], []
+        for side, strategy in keys:
+            vals = [100 * c["scores"]["test"]["score"] for c in mine if (c["side"], c["strategy"]) == (side, strategy)]
+            means.append(statistics.mean(vals))
+            sds.append(statistics.stdev(vals) if len(vals) > 1 else 0.0)
+            labels.append(strategy if side == "autoprompt" else "w on gold labels" if (side, strategy) == ("gold", "g")
+                          else f"{side}: {strategy}")
+        colors = ["#999" if k[1] == "vanilla" else "#4c72b0" if k[0] == "autoprompt" else "#dd8452" for k in keys]
+        ax.bar(range(len(keys)), means, yerr=sds, capsize=4, color=colors)
+        ax.set_xticks(range(len(keys)), labels, rotation=35, ha="right", fontsize=8)
         ax.set_ylabel("test accuracy % (mean ± sd over seeds)")
-        gold = ", w on gold labels" if d.get("answers") == "gold" else ""
-        ax.set_title(f"{d['task']} ({len(d['seeds'])} seeds{gold})")
+        ax.set_title(task)
         ax.set_ylim(0, 100)
     fig.tight_layout()
     fig.savefig(RESULTS / "better_together.png", dpi=120)
@@ -143,22 +256,24 @@ def _plot(data: list[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=["iris", "sentiment"], choices=sorted(SETTINGS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=2, help="LoRA epochs per w step")
-    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
-    parser.add_argument("--answers", default="program", choices=["program", "gold"],
-                        help="what w trains on: the program's passing answers (the paper) or the gold labels")
-    parser.add_argument("--add-run-dirs", nargs="*", type=Path, default=[],
-                        help="finished seeds' run directories to include (a benchmark cut short, resumed)")
-    parser.add_argument("--report-only", action="store_true", help="rewrite the table and chart from the JSON files")
+    parser.add_argument("--task", choices=sorted(SETTINGS))
+    parser.add_argument("--seeds", nargs="+", type=int, help="default: the task's (3 seeds; banking77 2)")
+    parser.add_argument("--sides", nargs="+", default=["autoprompt"],
+                        help="autoprompt, gold, dspy, traces-N (w on N traces)")
+    parser.add_argument("--strategies", nargs="+", help="default: the task's")
+    parser.add_argument("--report", action="store_true", help="only rebuild the table and chart from the cells")
     args = parser.parse_args()
-    if not args.report_only:
-        autoprompt.configure_cache(tempfile.mkdtemp(prefix="autoprompt-bt-cache-"))
-        for name in args.tasks:
-            out = run_task(name, args.seeds, args.epochs, args.strategies, args.answers, args.add_run_dirs)
-            suffix = "" if args.answers == "program" else f"_{args.answers}"
-            (RESULTS / f"better_together_{name}{suffix}.json").write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if not args.report:
+        if args.task is None:
+            parser.error("--task is required (or --report)")
+        command = shlex.join(["python", "benchmarks/better_together.py", *sys.argv[1:]])
+        for seed in args.seeds or SETTINGS[args.task]["seeds"]:
+            for side in args.sides:
+                if side == "dspy":
+                    run_dspy(args.task, seed, command)
+                else:
+                    run_side(args.task, seed, side, args.strategies or SETTINGS[args.task]["strategies"], command)
     print(report())
 
 

@@ -103,16 +103,15 @@ def main() -> None:
               "matmul FLOP/s (4 x non-embedding params x computed)", "share of matmul peak"]
     rows_md = []
     matmul_params = cells["model"]["params"] - cells["model"]["embedding_params"]
-    for key, c in cells.items():
-        if key.startswith("peak") or key == "model":
-            continue
+    runs = [(k, c) for k, c in cells.items() if not k.startswith("peak") and k != "model"]
+    for key, c in sorted(runs, key=lambda kc: (kc[1]["micro"], kc[1]["shared_prefix"], kc[1]["dtype"] == "bfloat16")):
         real = 4 * matmul_params * c["computed_tokens"] / c["train_seconds"]
         peak = cells["peak " + c["dtype"]]["flops"]
         rows_md.append([key, f"{c['tokens_per_second']:.0f}", str(c["computed_tokens"]),
                         f"{100 * c['padding_share']:.1f}%", f"{c['flops_per_s'] / 1e9:.0f} G", f"{real / 1e9:.0f} G",
                         f"{100 * real / peak:.0f}%"])
     notes = (
-        f"Machine: {threads} threads; matmul peak {cells['peak float32']['flops'] / 1e9:.0f} GFLOP/s float32, "
+        f"Machine: {cells['peak float32']['threads']} threads; matmul peak {cells['peak float32']['flops'] / 1e9:.0f} GFLOP/s float32, "
         f"{cells['peak bfloat16']['flops'] / 1e9:.0f} GFLOP/s bfloat16 (2048 x 2048). Model: SmolLM2-135M "
         f"({params / 1e6:.1f} M parameters with a rank-8 LoRA on every linear layer). {len(rows)} SST-2 training "
         "prompts of the zero-shot program (gold answers), batches of 16. tokens/s counts each example's tokens as "
