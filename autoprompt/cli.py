@@ -64,12 +64,12 @@ def summary_table(result: Any) -> str:
 
 
 def _lm(args: argparse.Namespace) -> Any:
-    """``--lm``, or with ``--api-base`` an LM object: the key reaches it only, never the run's files."""
-    if not args.api_base:
-        return args.lm
-    import autoprompt
+    """``--lm`` as an :class:`LMSpec`: with ``--api-base`` the key stays in memory (``LMSpec.api_key`` is
+    never written), the base URL is recorded."""
+    from autoprompt.lms import LMSpec
 
-    return autoprompt.build_lm(args.lm, api_base=args.api_base, api_key=args.api_key or "none")
+    return LMSpec.parse(args.lm, **({"api_base": args.api_base, "api_key": args.api_key or "none"}
+                                    if args.api_base else {}))
 
 
 def _cmd_optimize(args: argparse.Namespace) -> int:
@@ -171,7 +171,6 @@ def _strategy(text: str) -> str:
 def _cmd_better_together(args: argparse.Namespace) -> int:
     import autoprompt
     from autoprompt.bettertogether import STRATEGIES
-    from autoprompt.lms import LMSpec
 
     if args.cache_dir:
         autoprompt.configure_cache(args.cache_dir)
@@ -186,9 +185,7 @@ def _cmd_better_together(args: argparse.Namespace) -> int:
             finetune_options = {"seed": args.seed, "progress": not args.no_progress, **finetune_options}
         finetuner = get_finetuner(args.finetuner, **finetune_options)
     budget = autoprompt.Budget(max_calls=args.max_calls, max_seconds=args.max_seconds)
-    # the key stays in memory (LMSpec.api_key is never written); the base URL is recorded
-    lm = LMSpec.parse(args.lm, **({"api_base": args.api_base, "api_key": args.api_key or "none"}
-                                  if args.api_base else {}))
+    lm = _lm(args)
     result = autoprompt.better_together(
         task, strategies, lm=lm, optimizer=args.optimizer, optimizer_options=_kv(args.option, "--option"),
         budget=budget, finetuner=finetuner, data_options=_kv(args.data_option, "--data-option"), seed=args.seed,

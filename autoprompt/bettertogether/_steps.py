@@ -167,7 +167,7 @@ class WeightStep(BaseStep):
         """The finetuner object for ``lm`` (the default one for a local model)."""
         from autoprompt.finetune import get_finetuner
 
-        if self.finetuner is not None:
+        if self.finetuner not in (None, "lora"):
             return get_finetuner(self.finetuner)
         if not lm.is_local:
             raise FinetuneError(

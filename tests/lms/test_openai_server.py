@@ -81,3 +81,22 @@ def test_optimize_through_an_openai_compatible_server(server, small_task, tmp_pa
             assert SECRET not in path.read_text(errors="ignore"), path
     config = json.loads((Path(result.run_dir) / "config.json").read_text())
     assert config["lm"]["model"] == "hosted_vllm/smollm2"
+
+
+def test_the_cli_sends_the_key_to_the_server_and_writes_it_nowhere(server, tmp_path):
+    """--api-base/--api-key through the CLI: the run works against the server, the key is in no run file."""
+    from ..test_cli import cli
+
+    base, _ = server
+    run = tmp_path / "run"
+    out = cli("optimize", Path(__file__).parents[2] / "tasks" / "sentiment.py", "--lm", "hosted_vllm/smollm2",
+              "--api-base", base, "--api-key", SECRET, "--optimizer", "labeled", "--option", "k=2",
+              "--dev-limit", 4, "--test-limit", 2, "--run-dir", run, "--no-progress",
+              env_extra={"AUTOPROMPT_DATA_DIR": str(tmp_path / "none"), "AUTOPROMPT_CACHE_DIR": str(tmp_path / "c")})
+    assert out.returncode == 0, out.stderr
+    assert json.loads((run / "scores.json").read_text())["scores"]["optimized"]["test"]["n"] == 2
+    config = json.loads((run / "config.json").read_text())
+    assert config["lm"]["model"] == "hosted_vllm/smollm2" and config["lm"]["kwargs"]["api_base"] == base
+    for path in run.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
