@@ -102,8 +102,16 @@ def run_side(task_name: str, seed: int, side: str, strategies: list[str], comman
         if cell_path(task_name, seed, side, strategy).is_file():
             continue
         started = time.monotonic()
-        result = autoprompt.better_together(task, strategy, steps=steps, run_dir=run_dir,
-                                            resume=(run_dir / "config.json").is_file(), **common)
+        try:
+            result = autoprompt.better_together(task, strategy, steps=steps, run_dir=run_dir,
+                                                resume=(run_dir / "config.json").is_file(), **common)
+        except autoprompt.AutopromptError as exc:  # e.g. traces of one label: the cell records why it has no score
+            write_cell(cell_path(task_name, seed, side, strategy), {
+                "task": task_name, "seed": seed, "side": side, "strategy": strategy, "scores": {},
+                "error": str(exc).replace(str(ROOT) + "/", ""), "seconds": round(time.monotonic() - started, 1),
+                "details": {}, "settings": settings, "command": command})
+            print(f"{task_name} s{seed} {side} {strategy}: {exc}", flush=True)
+            continue
         for name, step in result.steps.items():
             path = cell_path(task_name, seed, side, name)
             if not path.is_file():
@@ -198,6 +206,8 @@ def report() -> str:
             mins = [by_seed[x]["seconds"] / 60 for x in seeds if x in by_seed]
             cells_txt = [f"{100 * by_seed[x]['scores']['test']['score']:.1f}" if x in by_seed and "test" in
                          by_seed[x]["scores"] else "-" for x in seeds]
+            cells_txt = [("error" if by_seed[x].get("error") else c) if x in by_seed else c
+                         for x, c in zip(seeds, cells_txt)]
             mean = lambda v: f"{100 * statistics.mean(v):.1f}" if v else "-"  # noqa: E731
             label = "w on gold labels" if (side, strategy) == ("gold", "g") else strategy
             lines.append(f"| {side} | {label} | " + " | ".join(cells_txt) + f" | {mean(tests)} | {mean(devs)} | "
@@ -214,8 +224,12 @@ def report() -> str:
                 f"{ft['steps']} steps, best step {best.get('step')} (val acc {best.get('val_accuracy')}, base "
                 f"{ft.get('val_accuracy_base')}), {ft['train_seconds'] / 60:.1f} min training at "
                 f"{ft['tokens_per_second']:.0f} tokens/s ({ft['dtype']})")
+        errors = [f"- s{c['seed']} {c['side']} `{c['strategy']}`: {c['error']}" for c in mine if c.get("error")]
         if w_notes:
             lines += ["", "w steps:", "", *w_notes]
+        if errors:
+            lines += ["", "Cells without a score (the run stopped with this error; finished steps were kept):", "",
+                      *errors]
         lines.append("")
     text = "\n".join(lines) + "\n"
     (RESULTS / "better_together.md").write_text(text)
