@@ -15,7 +15,7 @@ from autoprompt.export._base import BaseExporter
 from autoprompt.export._formats import JsonExporter, MessagesExporter, TextExporter
 from autoprompt.export._prompt import FORMAT_VERSION, dump_json, load_prompt, prompt_document, read_prompt
 from autoprompt.export._render import json_schema, render_messages, signature_from_spec
-from autoprompt.export._training import DATA_FORMATS, TrainingData, compile_training_data
+from autoprompt.export._training import DATA_FORMATS, TrainingData, compile_training_data, split_validation
 
 __all__ = [
     "DATA_FORMATS",
@@ -35,6 +35,7 @@ __all__ = [
     "read_prompt",
     "render_messages",
     "signature_from_spec",
+    "split_validation",
 ]
 
 EXPORTERS: dict[str, type[BaseExporter]] = {c.name: c for c in (JsonExporter, MessagesExporter, TextExporter)}

@@ -37,7 +37,9 @@ from autoprompt.evaluate import run_one
 from autoprompt.export._prompt import dump_json
 from autoprompt.export._render import json_schema
 
-__all__ = ["DATA_FORMATS", "TRAINING_FORMAT_VERSION", "TrainingData", "compile_training_data"]
+__all__ = [
+    "DATA_FORMATS", "TRAINING_FORMAT_VERSION", "TrainingData", "compile_training_data", "split_validation",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -217,7 +219,7 @@ def compile_training_data(
     if choices is not None:
         records, missing = _balance(records, choices, labels, counts, task, split)
     counts["records"] = len(records)
-    train, val = _split_val(records, val_fraction, seed)
+    train, val = split_validation(records, val_fraction, seed)
     lm = dspy.settings.lm
     manifest = {
         "format": "autoprompt.training-data",
@@ -281,18 +283,17 @@ def _balance(records: list[dict[str, Any]], choices: list[str], labels: dict[str
     return out, missing
 
 
-def _split_val(records: list[dict[str, Any]], val_fraction: float, seed: int
-               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """A seeded validation share, stratified over the labels, of whole examples (never half an example)."""
-    by_label: dict[str, list[int]] = {}
+def split_validation(records: list[dict[str, Any]], val_fraction: float, seed: int
+                     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(train, val)``: a seeded validation share of ``records``, stratified over their ``label`` and made of
+    whole examples (records sharing an ``example`` index stay together)."""
+    by_label: dict[str, dict[int, None]] = {}  # example indices per label, in order, once each
     for r in records:
-        ids = by_label.setdefault(str(r.get("label")), [])
-        if r["example"] not in ids:
-            ids.append(r["example"])
+        by_label.setdefault(str(r.get("label")), {})[r["example"]] = None
     rng = random.Random(seed)
     val_ids: set[int] = set()
     for label in sorted(by_label):
-        ids = by_label[label]
+        ids = list(by_label[label])
         rng.shuffle(ids)
         val_ids.update(ids[:int(round(val_fraction * len(ids)))])
     return [r for r in records if r["example"] not in val_ids], [r for r in records if r["example"] in val_ids]

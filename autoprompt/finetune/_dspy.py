@@ -50,9 +50,7 @@ class LocalProvider(_provider_base()):  # type: ignore[misc]
     @staticmethod
     def finetune(job: Any, model: str, train_data: list[dict[str, Any]], train_data_format: Any,
                  train_kwargs: dict[str, Any] | None = None) -> str:
-        import random
-
-        from autoprompt.export import TrainingData
+        from autoprompt.export import TrainingData, split_validation
         from autoprompt.finetune._lora import LoRAFinetuner
         from autoprompt.lms import LlamaCppEngine, register_engine
 
@@ -64,11 +62,7 @@ class LocalProvider(_provider_base()):  # type: ignore[misc]
             raise FinetuneError(f"DSPy sent no chat records to fine-tune on (format {train_data_format!r}); "
                                 "only chat data is supported")
         fraction = options.pop("val_fraction", 0.1 if len(records) >= 20 else 0.0)
-        order = list(range(len(records)))
-        random.Random(options.get("seed", 0)).shuffle(order)
-        n_val = int(round(fraction * len(records)))
-        val = [records[i] for i in sorted(order[:n_val])]
-        train = [records[i] for i in sorted(order[n_val:])]
+        train, val = split_validation(records, fraction, options.get("seed", 0))
         base = _base_engine(model)
         data = TrainingData(train=train, val=val, counts={"records": len(records)},
                             manifest={"format": "autoprompt.training-data", "source_program": "dspy", "lm": model})
