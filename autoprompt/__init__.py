@@ -8,6 +8,12 @@ Example:
     >>> result.evaluate("test")                                     # doctest: +SKIP
 """
 
+import os as _os
+
+# Offline by default: DSPy (as LiteLLM did) fetches a model price map from GitHub on the first remote LM
+# call unless told to use its bundled copy; a user who wants the live map sets the variable to "false".
+_os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
 from autoprompt._exceptions import (
     AutopromptError,
     BudgetExhausted,
@@ -15,6 +21,7 @@ from autoprompt._exceptions import (
     ExportError,
     FinetuneError,
     LMError,
+    MissingExtraError,
     OptionError,
     RunError,
     TaskError,
@@ -24,6 +31,7 @@ from autoprompt.bettertogether import BetterTogetherResult, better_together
 from autoprompt.export import export_prompt, load_prompt, render_messages
 from autoprompt.lms import build_lm
 from autoprompt.run import Result, configure_cache, optimize
+from autoprompt.store import RunStore
 from autoprompt.task import Task, exact_match, load_task
 from autoprompt.usage import Budget
 
@@ -36,9 +44,11 @@ __all__ = [
     "ExportError",
     "FinetuneError",
     "LMError",
+    "MissingExtraError",
     "OptionError",
     "Result",
     "RunError",
+    "RunStore",
     "Task",
     "TaskError",
     "__version__",

@@ -21,6 +21,7 @@ __all__ = [
     "ExportError",
     "FinetuneError",
     "LMError",
+    "MissingExtraError",
     "OptionError",
     "RunError",
     "TaskError",
@@ -66,6 +67,10 @@ class FinetuneError(AutopromptError):
 
 class OptionError(AutopromptError, TypeError):
     """An option a constructor does not take, or a value of the wrong type (also a ``TypeError``)."""
+
+
+class MissingExtraError(AutopromptError, ImportError):
+    """An optional dependency is missing; the message names the extra to install (also an ``ImportError``)."""
 
 
 class RunError(AutopromptError):

@@ -17,12 +17,16 @@ from typing import Any, Sequence
 
 __all__ = ["main"]
 
+logger = logging.getLogger(__name__)
+
 
 def _kv(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
+    from autoprompt._options import OptionError
+
     out: dict[str, Any] = {}
     for item in items or ():
         if "=" not in item:
-            raise SystemExit(f"autoprompt: {flag} takes key=value, got {item!r}")
+            raise OptionError(f"{flag} takes key=value, got {item!r}")
         key, value = item.split("=", 1)
         try:
             out[key] = json.loads(value)
@@ -42,8 +46,9 @@ def _pct(result: Any, which: str, split: str) -> str:
     ev = result.evaluations.get((which, split))
     if ev is None:
         return "-"
-    extra = f" ({ev.parse_failures} unparsed)" if ev.parse_failures else ""
-    return f"{100 * ev.score:.1f}% of {ev.n}{extra}"
+    notes = [f"{ev.parse_failures} unparsed"] if ev.parse_failures else []
+    notes += [f"{ev.errors} LM errors"] if ev.errors else []
+    return f"{100 * ev.score:.1f}% of {ev.n}" + (f" ({', '.join(notes)})" if notes else "")
 
 
 def summary_table(result: Any) -> str:
@@ -60,25 +65,67 @@ def summary_table(result: Any) -> str:
         + (f" (stopped: budget spent, {usage['budget_exhausted']})" if usage.get("budget_exhausted") else ""),
         f"whole run: {result.seconds:.0f} s wall time; run directory: {result.run_dir}",
     ]
+    study = result.study
+    skipped = (study.user_attrs.get("pool") or {}).get("skipped") if study is not None else None
+    if skipped and any(skipped.values()):
+        lines.insert(-1, f"proposer: {skipped.get('instructions', 0)} instruction proposals and "
+                         f"{skipped.get('bootstrap_examples', 0)} bootstrap examples failed or were unusable "
+                         "(skipped; see run.log)")
     return "\n".join(lines)
 
 
 def _lm(args: argparse.Namespace) -> Any:
-    """``--lm`` as an :class:`LMSpec`: with ``--api-base`` the key stays in memory (``LMSpec.api_key`` is
-    never written), the base URL is recorded."""
+    """``--lm`` as an :class:`LMSpec`: the key is named by ``--api-key-env`` (its name is recorded, the value
+    read when the LM is built) or, deprecated, given by ``--api-key`` (kept in memory); the base URL is
+    recorded with any secret in it redacted."""
+    import os
+
+    from autoprompt._exceptions import LMError
     from autoprompt.lms import LMSpec
 
-    return LMSpec.parse(args.lm, **({"api_base": args.api_base, "api_key": args.api_key or "none"}
-                                    if args.api_base else {}))
+    settings: dict[str, Any] = {}
+    if args.api_key_env:
+        if not os.environ.get(args.api_key_env):
+            raise LMError(f"--api-key-env {args.api_key_env}: the variable is not set; "
+                          f"export {args.api_key_env}=<key>")
+        settings["api_key_env"] = args.api_key_env
+    if args.api_key:
+        logger.warning("--api-key puts the key in your shell history and in `ps`; export it and pass "
+                       "--api-key-env NAME instead")
+        settings["api_key"] = args.api_key
+    if args.api_base:
+        settings["api_base"] = args.api_base
+        if not settings.get("api_key_env") and not settings.get("api_key"):
+            settings["api_key"] = "none"  # OpenAI-compatible servers without auth still want a key
+    return LMSpec.parse(args.lm, **settings)
+
+
+def _run_lm(args: argparse.Namespace) -> Any:
+    """The LM flags of a command on a run: None (the run's own LM), or an LMSpec (the run's model when only
+    the server flags are given, e.g. to pass again a server URL whose secret was not saved)."""
+    if args.lm is None and not (args.api_base or args.api_key_env or args.api_key):
+        return None
+    if args.lm is None:
+        from autoprompt.store import RunStore
+
+        args.lm = RunStore.open(args.run).lm_spec(redacted=True).model
+    return _lm(args)
 
 
 def _cmd_optimize(args: argparse.Namespace) -> int:
     import autoprompt
+    from autoprompt.optimizers import get_optimizer
+    from autoprompt.store import RunStore
 
+    # the cheap checks first: a mistake in a flag is reported before any data loads
     task_options = _kv(args.task_option, "--task-option")
-    task = autoprompt.load_task(args.task, **task_options)
+    options = _kv(args.option, "--option")
+    get_optimizer(args.optimizer, **options, **({"jobs": args.jobs} if args.jobs else {}))
+    if args.resume:
+        RunStore.open(args.run_dir, "optimize")
     budget = autoprompt.Budget(max_calls=args.max_calls, max_tokens=args.max_tokens, max_seconds=args.max_seconds)
     lm = _lm(args)
+    task = autoprompt.load_task(args.task, **task_options)
     result = autoprompt.optimize(
         task,
         lm=lm,
@@ -95,7 +142,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         test_limit=args.test_limit,
         progress=not args.no_progress,
         task_options=task_options,
-        **_kv(args.option, "--option"),
+        **options,
         **({"jobs": args.jobs} if args.jobs else {}),
     )
     if not args.no_test and task.sources["test"] is not None:
@@ -107,10 +154,9 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from autoprompt._exceptions import RunError
     from autoprompt.export import EXPORTERS, export_prompt
 
-    source = Path(args.run)
+    source: Any = Path(args.run)
     if args.trial is not None:
         from autoprompt.export import prompt_document
         from autoprompt.report import trial_program
@@ -118,9 +164,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         task, program, task_params = trial_program(source, args.trial)
         source = prompt_document(program, task=task, meta={"trial": args.trial, "task_params": task_params})
     elif source.is_dir():
-        source = source / "prompt.json"
-        if not source.is_file():
-            raise RunError(f"{args.run} has no prompt.json: the run did not finish its optimization step")
+        source = _run_prompt(args.run)
     if args.output is None:
         from autoprompt.export import read_prompt
 
@@ -132,6 +176,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_prompt(run: str) -> Path:
+    """The best prompt of a run folder (``prompt.json``), or one error saying the run has none yet."""
+    from autoprompt._exceptions import RunError
+    from autoprompt.store import RunStore
+
+    store = RunStore.open(run)
+    if not store.exists("prompt.json"):
+        raise RunError(f"{run} has no prompt.json: the run did not finish its optimization step (--resume it)")
+    return store.file("prompt.json")
+
+
 def _cmd_export_data(args: argparse.Namespace) -> int:
     import dspy
 
@@ -139,17 +194,15 @@ def _cmd_export_data(args: argparse.Namespace) -> int:
     from autoprompt.export import compile_training_data
     from autoprompt.report import load_run
 
-    run = Path(args.run)
-    config, task, lm = load_run(run, lm=args.lm, cache_dir=args.cache_dir)
-    if not (run / "prompt.json").is_file():
-        raise autoprompt.RunError(f"{run} has no prompt.json: the run did not finish its optimization step")
-    program = autoprompt.load_prompt(run / "prompt.json", task)
+    config, task, lm = load_run(args.run, lm=_run_lm(args), cache_dir=args.cache_dir)
+    prompt = _run_prompt(args.run)
+    program = autoprompt.load_prompt(prompt, task)
     with dspy.context(lm=lm):
         data = compile_training_data(program, task, split=args.split, threshold=args.threshold,
                                      keep_demos=args.keep_demos, dedupe=not args.no_dedupe,
                                      val_fraction=args.val_fraction, limit=args.limit, seed=config["seed"],
-                                     answers=args.answers,
-                                     source=str(run / "prompt.json"), progress=not args.no_progress)
+                                     answers=args.answers, max_rounds=args.max_rounds,
+                                     source=str(prompt), progress=not args.no_progress)
     out = Path(args.output)
     parts = data.by_predictor() if args.per_predictor else {None: data}
     for name, part in parts.items():
@@ -172,9 +225,13 @@ def _cmd_better_together(args: argparse.Namespace) -> int:
     import autoprompt
     from autoprompt.bettertogether import STRATEGIES
 
+    from autoprompt.store import RunStore
+
+    if args.resume:  # the cheap checks first: before any data loads
+        RunStore.open(args.run_dir, "better-together")
+    task_options = _kv(args.task_option, "--task-option")
     if args.cache_dir:
         autoprompt.configure_cache(args.cache_dir)
-    task = autoprompt.load_task(args.task, **_kv(args.task_option, "--task-option"))
     strategies = list(STRATEGIES) if args.all else (args.strategy or ["p -> w -> p"])
     finetune_options = _kv(args.finetune_option, "--finetune-option")
     finetuner = None
@@ -186,9 +243,15 @@ def _cmd_better_together(args: argparse.Namespace) -> int:
         finetuner = get_finetuner(args.finetuner, **finetune_options)
     budget = autoprompt.Budget(max_calls=args.max_calls, max_seconds=args.max_seconds)
     lm = _lm(args)
+    optimizer_options, data_options = _kv(args.option, "--option"), _kv(args.data_option, "--data-option")
+    from autoprompt.bettertogether import PromptStep, WeightStep
+
+    PromptStep(args.optimizer, **optimizer_options)  # checks the options; the run builds its own
+    WeightStep(finetuner, **data_options)
+    task = autoprompt.load_task(args.task, **task_options)
     result = autoprompt.better_together(
-        task, strategies, lm=lm, optimizer=args.optimizer, optimizer_options=_kv(args.option, "--option"),
-        budget=budget, finetuner=finetuner, data_options=_kv(args.data_option, "--data-option"), seed=args.seed,
+        task, strategies, lm=lm, optimizer=args.optimizer, optimizer_options=optimizer_options,
+        budget=budget, finetuner=finetuner, data_options=data_options, seed=args.seed,
         run_dir=args.run_dir, runs_root=args.runs_root, resume=args.resume, train_limit=args.train_limit,
         dev_limit=args.dev_limit, test_limit=args.test_limit, test=not args.no_test, progress=not args.no_progress,
     )
@@ -225,17 +288,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_worker(args: argparse.Namespace) -> int:
     import dspy
 
-    from autoprompt.optimizers import Context, optimizer_from_config
+    from autoprompt.optimizers import optimizer_from_config
     from autoprompt.report import load_run, study_storage
+    from autoprompt.run import run_context
+    from autoprompt.store import RunStore
     from autoprompt.usage import Budget, Meter
 
-    config, task, lm = load_run(args.run, lm=args.lm, cache_dir=args.cache_dir)
+    config, task, lm = load_run(args.run, lm=_run_lm(args), cache_dir=args.cache_dir)
     optimizer = optimizer_from_config(config["optimizer"], storage=study_storage(args.run, config, args.storage))
-    limits = config["limits"]
     meter = Meter(Budget(**config["budget"]))
-    context = Context(trainset=task.examples("train", limit=limits["train"]),
-                      devset=task.examples("dev", limit=limits["dev"]), seed=config["seed"],
-                      run_dir=Path(args.run), meter=meter, progress=not args.no_progress, worker=args.worker)
+    context = run_context(task, RunStore.open(args.run, "optimize"), config, meter, progress=not args.no_progress,
+                          worker=args.worker)
     meter.enforcing = True
     with dspy.context(lm=lm, adapter=dspy.JSONAdapter(), usage_tracker=meter):
         study = optimizer.run_trials(task.make_program(), task, context)
@@ -253,7 +316,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     program = autoprompt.load_prompt(args.prompt, task) if args.prompt else task.make_program()
     if args.cache_dir:
         autoprompt.configure_cache(args.cache_dir)
-    with dspy.context(lm=autoprompt.build_lm(args.lm), adapter=dspy.JSONAdapter()):
+    with dspy.context(lm=_lm(args).build(), adapter=dspy.JSONAdapter()):
         ev = evaluate_program(program, task, args.split, limit=args.limit, progress=not args.no_progress)
     print(json.dumps(ev.to_dict(), indent=2))
     return 0
@@ -264,19 +327,19 @@ def build_parser() -> argparse.ArgumentParser:
     from autoprompt.finetune import FINETUNERS
     from autoprompt.optimizers import OPTIMIZERS
 
-    parser = argparse.ArgumentParser(prog="autoprompt", description="Automated prompt optimization.")
+    parser = _Parser(prog="autoprompt", description="Automated prompt optimization.")
     parser.add_argument("--version", action="version", version=f"autoprompt {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level on stderr")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    lm_flags = _lm_parser(default="local")
+    run_lm_flags = _lm_parser(default=None)  # commands on a run: its own LM unless given
 
-    p = sub.add_parser("optimize", help="optimize a task's prompt; prints baseline vs optimized scores")
+    p = sub.add_parser("optimize", parents=[lm_flags],
+                       help="optimize a task's prompt; prints baseline vs optimized scores")
     p.add_argument("task", help="a task module, e.g. tasks/sentiment.py")
     p.add_argument("--optimizer", default="optuna", choices=sorted(OPTIMIZERS))
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="optimizer option, e.g. n_trials=8")
     p.add_argument("--task-option", action="append", metavar="KEY=VALUE", help="passed to the task's make_task()")
-    p.add_argument("--lm", default="local", help="'local' (embedded SmolLM2-135M) or a LiteLLM model string")
-    p.add_argument("--api-base", help="base URL of an OpenAI-compatible server (with --lm openai/<model>)")
-    p.add_argument("--api-key", help="API key for --api-base (never written to run files)")
     p.add_argument("--proposer-lm", help="a stronger LM for proposing instructions and bootstrapping demos")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, help="optimizer optuna: trials run concurrently in this process")
@@ -301,7 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trial", type=int, help="export this trial of the run's study (e.g. a Pareto-front point)")
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("export-data", help="compile a run's best program into fine-tuning data")
+    p = sub.add_parser("export-data", parents=[run_lm_flags],
+                       help="compile a run's best program into fine-tuning data")
     p.add_argument("run")
     p.add_argument("--format", default="openai", choices=["openai", "hf", "trl"])
     p.add_argument("-o", "--output", required=True, help="folder to write")
@@ -314,19 +378,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.0)
     p.add_argument("--per-predictor", action="store_true", help="one data set per predictor")
     p.add_argument("--limit", type=int, help="a seeded sample of N examples, stratified over the labels")
-    p.add_argument("--lm", help="the LM, if the run's was given as an object")
+    p.add_argument("--max-rounds", type=int, default=1,
+                   help="attempts per example: failing greedy answers are sampled again at temperature 1.0")
     p.add_argument("--cache-dir")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_export_data)
 
-    p = sub.add_parser("better-together", help="alternate prompt optimization (p) and LoRA fine-tuning (w)")
+    p = sub.add_parser("better-together", parents=[lm_flags],
+                       help="alternate prompt optimization (p) and LoRA fine-tuning (w)")
     p.add_argument("task")
     p.add_argument("--strategy", action="append", type=_strategy,
                    help="e.g. 'p -> w -> p' (the default); repeat for several (shared prefixes run once)")
     p.add_argument("--all", action="store_true", help="the paper's strategies: p, w, p -> w, w -> p, p -> w -> p")
-    p.add_argument("--lm", default="local")
-    p.add_argument("--api-base", help="base URL of an OpenAI-compatible server (with --lm hosted_vllm/<model>)")
-    p.add_argument("--api-key", help="API key for --api-base (never written to run files)")
     p.add_argument("--optimizer", default="optuna", choices=sorted(OPTIMIZERS), help="for the p steps")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="optimizer option, e.g. n_trials=8")
     p.add_argument("--finetuner", default="lora", choices=sorted(FINETUNERS), help="for the w steps")
@@ -353,21 +416,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for the PNG files (default: the run directory)")
     p.set_defaults(func=_cmd_report)
 
-    p = sub.add_parser("worker", help="join a run's Optuna study and run trials (several may run at once)")
+    p = sub.add_parser("worker", parents=[run_lm_flags],
+                       help="join a run's Optuna study and run trials (several may run at once)")
     p.add_argument("run")
     p.add_argument("--worker", type=int, default=1, help="this worker's number (seeds its sampler)")
-    p.add_argument("--lm", help="the LM, if the run's was given as an object")
     p.add_argument("--storage", help="the study's storage URL, if it has a password (never saved)")
     p.add_argument("--cache-dir")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_worker)
 
-    p = sub.add_parser("evaluate", help="score a task's program, or an exported prompt, on a split")
+    p = sub.add_parser("evaluate", parents=[lm_flags],
+                       help="score a task's program, or an exported prompt, on a split")
     p.add_argument("task")
     p.add_argument("--prompt", help="a prompt.json to load into the program")
     p.add_argument("--split", default="dev", choices=["train", "dev", "test"])
     p.add_argument("--limit", type=int, help="a seeded sample of N examples, stratified over the labels")
-    p.add_argument("--lm", default="local")
     p.add_argument("--task-option", action="append", metavar="KEY=VALUE")
     p.add_argument("--cache-dir")
     p.add_argument("--no-progress", action="store_true")
@@ -375,19 +438,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``autoprompt: error: <what>; see autoprompt <command> --help`` and exit 2
+    (argparse's own prints the whole usage block first, which buries the line that matters)."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        self.exit(2, f"autoprompt: error: {message} (see: {self.prog} --help)\n")
+
+
+def _lm_parser(default: str | None) -> argparse.ArgumentParser:
+    """The LM flags every command that calls an LM shares."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--lm", default=default,
+                   help="'local' (the embedded SmolLM2-135M), 'local?lora=adapter.gguf' or a LiteLLM model string"
+                        + (" (default: the run's own)" if default is None else ""))
+    p.add_argument("--api-base", help="base URL of an OpenAI-compatible server (with --lm hosted_vllm/<model>)")
+    p.add_argument("--api-key-env", metavar="NAME", help="the environment variable holding the API key")
+    p.add_argument("--api-key", help="deprecated (shell history, ps): use --api-key-env; never written to files")
+    return p
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``autoprompt`` command; returns the exit code."""
     from autoprompt._exceptions import AutopromptError
 
+    from autoprompt._secrets import RedactingFilter, redact, secrets_from_env
+
+    secrets_from_env()  # credential variables' values are masked in every line written or logged
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:  # run.log gets INFO; the terminal only with -v
         handler.setLevel(logging.INFO if args.verbose else logging.WARNING)
+        handler.addFilter(RedactingFilter())
     try:
         return args.func(args)
     except AutopromptError as exc:
-        print(f"autoprompt: error: {exc}", file=sys.stderr)
+        print(f"autoprompt: error: {redact(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("autoprompt: interrupted; what was computed is in the run directory", file=sys.stderr)

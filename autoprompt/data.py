@@ -110,11 +110,24 @@ def _load_file(path: Path) -> "datasets.Dataset":
     # buried one-line errors); the user's own setting is restored afterwards
     shown = datasets_logging.is_progress_bar_enabled()
     datasets_logging.disable_progress_bar()
+    # a local file needs no network: datasets would still ping S3 to count a "download" of its csv/json
+    # builder (datasets.load.increase_load_count); offline for this call only, the user's setting restored
+    saved = datasets.config.HF_HUB_OFFLINE, datasets.config.HF_UPDATE_DOWNLOAD_COUNTS
+    datasets.config.HF_HUB_OFFLINE, datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = True, False
+    verbosity = datasets_logging.get_verbosity()
+    datasets_logging.set_verbosity(datasets_logging.CRITICAL)  # its ERROR line repeats the error raised below
     try:
         return datasets.load_dataset(builder, data_files=str(path), split="train")
-    except Exception as exc:  # datasets raises many types for a malformed file
-        raise DataError(f"{path}: cannot be read as {builder}: {exc}") from exc
+    except Exception as exc:  # datasets raises many types for a malformed file: name the innermost cause
+        cause: BaseException = exc
+        while cause.__cause__ is not None or cause.__context__ is not None:
+            cause = cause.__cause__ or cause.__context__  # type: ignore[assignment]
+        detail = f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
+        raise DataError(f"{path}: cannot be read as {builder} ({detail}); fix the file or pass another "
+                        "path") from exc
     finally:
+        datasets.config.HF_HUB_OFFLINE, datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = saved
+        datasets_logging.set_verbosity(verbosity)
         if shown:
             datasets_logging.enable_progress_bar()
 

@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 
 #: consecutive LM errors (not parse failures) before the first success that abort an evaluation
 MAX_LEADING_ERRORS = 3
+#: an evaluation where more than this share of the examples end in an LM error raises LMError (its score would
+#: measure the server, not the program); an LM failing on every example raises whatever the split size
+MAX_ERROR_SHARE = 0.2
 
 
 @dataclass
@@ -59,6 +62,11 @@ class Evaluation:
         if records:
             out["records"] = self.records
         return out
+
+
+def failure_text(records: list[dict[str, Any]]) -> str:
+    """The last LM error of an evaluation's records."""
+    return next((r["failure"] for r in reversed(records) if r["failure"] not in (None, "parse")), "none")
 
 
 def _cause(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
@@ -101,8 +109,15 @@ def evaluate_program(
     limit: int | None = None,
     progress: bool = True,
     desc: str | None = None,
+    max_error_share: float = MAX_ERROR_SHARE,
 ) -> Evaluation:
-    """Score ``program`` on a split of ``task`` with the LM and adapter of the current DSPy context."""
+    """Score ``program`` on a split of ``task`` with the LM and adapter of the current DSPy context.
+
+    Answers that do not parse score 0 and are counted (``parse_failures``). LM errors (a server down, a
+    timeout) score 0 too, are counted (``errors``) and logged at WARNING; the evaluation raises
+    :class:`LMError` when the first ``MAX_LEADING_ERRORS`` examples all fail, when every example fails
+    (whatever the split size), or when more than ``max_error_share`` of them fail.
+    """
     from tqdm.auto import tqdm
 
     examples = task.examples(split, limit=limit)
@@ -117,6 +132,8 @@ def evaluate_program(
             parse_failures += 1
         elif failure is not None:
             errors += 1
+            if errors < i + 1 and (errors <= 3 or errors % 50 == 0):  # leading errors: raised or summed up below
+                logger.warning("LM error on example %d of split %r (%d so far): %s", i, split, errors, failure)
             if errors == i + 1 and errors >= MAX_LEADING_ERRORS:
                 raise LMError(
                     f"the LM failed on the first {errors} examples of split {split!r}; last "
@@ -137,6 +154,15 @@ def evaluate_program(
         )
         bar.set_postfix(score=f"{total / (i + 1):.3f}")
     n = len(examples)
+    if errors and (errors == n or errors > max_error_share * n):
+        raise LMError(
+            f"the LM failed on {errors} of {n} examples of split {split!r} (more than "
+            f"{max_error_share:.0%}); last {failure_text(records)}. A score with that many failures measures the "
+            "LM server, not the program: check the LM (its errors are in the log) and run again",
+            retryable=True,
+        )
+    if errors:
+        logger.warning("split %r: %d of %d examples ended in an LM error (scored 0)", split, errors, n)
     return Evaluation(
         split=split,
         score=total / n if n else 0.0,

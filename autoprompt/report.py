@@ -8,12 +8,12 @@ matplotlib plots (extra ``autoprompt[report]``). The storage also opens in ``opt
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
-from autoprompt._exceptions import RunError
+from autoprompt._exceptions import MissingExtraError, RunError
+from autoprompt.store import RunStore
 
 __all__ = ["load_config", "load_run", "open_study", "study_storage", "trial_program", "trial_rows", "write_plots"]
 
@@ -21,33 +21,22 @@ logger = logging.getLogger(__name__)
 
 
 def load_config(run_dir: str | Path) -> dict[str, Any]:
-    """The ``config.json`` of a run directory."""
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise RunError(f"{run_dir} is not a run directory: it has no config.json")
-    return json.loads(path.read_text())
+    """The ``config.json`` of a run directory (its format and version checked)."""
+    return RunStore.open(run_dir).config
 
 
 def load_run(run_dir: str | Path, *, lm: Any = None, cache_dir: str | None = None) -> tuple[dict, Any, Any]:
-    """``(config, task, dspy_lm)`` of a run: its task module reloaded with its options, and its LM
-    (``lm`` overrides it; needed when the run's LM was given as an object, which is not saved)."""
-    from autoprompt.lms import build_lm
+    """``(config, task, dspy_lm)`` of an optimize run: its task module reloaded with its options, and its
+    LM (``lm`` overrides it; needed when the run's LM was an object or its URL carried a secret)."""
     from autoprompt.run import configure_cache
 
-    config = load_config(run_dir)
-    task = _task_of(config)
-    spec = lm or config.get("lm_spec")
-    if spec is None:
-        raise RunError(f"the LM of {run_dir} was given as an object, which is not saved; name it (CLI: --lm)")
+    store = RunStore.open(run_dir, "optimize")
+    config, task = store.config, store.load_task()
     if cache_dir:
         configure_cache(cache_dir)
-    return config, task, build_lm(spec)
-
-
-def _task_of(config: dict[str, Any]) -> Any:
-    from autoprompt.task import load_task
-
-    return load_task(config["task"]["source"], **config["task"].get("options", {}))
+    if lm is not None and not isinstance(lm, str):  # an LM object (or an LMSpec) as given
+        return config, task, lm.build() if hasattr(lm, "to_dict") else lm
+    return config, task, store.lm_spec(lm).build()
 
 
 def study_storage(run_dir: str | Path, config: dict[str, Any], storage: str | None = None) -> str:
@@ -101,7 +90,7 @@ def write_plots(study: Any, out_dir: str | Path) -> list[Path]:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise ImportError("plots need matplotlib: pip install 'autoprompt[report]'") from exc
+        raise MissingExtraError("plots need matplotlib: pip install 'autoprompt[report]'") from exc
     import optuna
     from optuna.visualization import matplotlib as oplt
 
@@ -142,7 +131,7 @@ def trial_program(run_dir: str | Path, trial_number: int) -> tuple[Any, Any, dic
     study = open_study(run_dir)
     if not 0 <= trial_number < len(study.trials):
         raise RunError(f"trial {trial_number} does not exist; the study has trials 0..{len(study.trials) - 1}")
-    task = _task_of(load_config(run_dir))
+    task = RunStore.open(run_dir, "optimize").load_task()
     pool = study.user_attrs["pool"]
     trial = study.trials[trial_number]
     task_params = trial.user_attrs.get("task_params", {})

@@ -13,30 +13,27 @@ A run directory holds, each written the moment it is known::
 
 from __future__ import annotations
 
-import contextlib
-import datetime as _dt
-import json
 import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import dspy
 
-from autoprompt._exceptions import RunError
 from autoprompt._version import __version__
 from autoprompt.evaluate import Evaluation, evaluate_program
-from autoprompt.export import dump_json, prompt_document
-from autoprompt.lms import build_lm, describe_lm
+from autoprompt.export import prompt_document
+from autoprompt.lms import LMSpec, build_lm, describe_lm
 from autoprompt.optimizers import Context, get_optimizer, optimizer_from_config
+from autoprompt.store import FORMATS, RunStore
 from autoprompt.usage import Budget, Meter
 
-__all__ = ["RUN_FORMAT_VERSION", "Result", "configure_cache", "log_to", "new_run_dir", "optimize", "write_json"]
+__all__ = ["RUN_FORMAT_VERSION", "Result", "configure_cache", "optimize", "run_context"]
 
 logger = logging.getLogger(__name__)
 
-RUN_FORMAT_VERSION = 1
+RUN_FORMAT_VERSION = FORMATS["optimize"][1]
 
 
 def configure_cache(cache_dir: str | os.PathLike | None = None, *, enabled: bool = True) -> None:
@@ -62,17 +59,19 @@ class Result:
         evaluations: ``{("optimized" | "baseline", split): Evaluation}``.
         usage: LM calls and tokens of the optimization step.
         seconds: wall time of the whole run so far.
-        run_dir: where every file of the run is.
+        run_dir: where every file of the run is (``store.path``).
+        store: the run's :class:`autoprompt.store.RunStore`.
         optimizer: the optimizer object (its ``study_`` for ``optuna``).
     """
 
-    def __init__(self, *, task, program, baseline_program, lm, adapter, run_dir, optimizer, config, started):
+    def __init__(self, *, task, program, baseline_program, lm, adapter, store, optimizer, config, started):
         self.task = task
         self.program = program
         self.baseline_program = baseline_program
         self.lm = lm
         self.adapter = adapter
-        self.run_dir = Path(run_dir)
+        self.store = store
+        self.run_dir = store.path
         self.optimizer = optimizer
         self.config = config
         self.evaluations: dict[tuple[str, str], Evaluation] = {}
@@ -106,11 +105,7 @@ class Result:
 
     def _record(self, which: str, evaluation: Evaluation) -> None:
         self.evaluations[(which, evaluation.split)] = evaluation
-        folder = self.run_dir / "evaluations"
-        folder.mkdir(exist_ok=True)
-        with open(folder / f"{which}-{evaluation.split}.jsonl", "w") as f:
-            for record in evaluation.records:
-                f.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+        self.store.write_evaluation(f"{which}-{evaluation.split}", evaluation)
         self.save_scores()
 
     def scores(self) -> dict[str, dict[str, Any]]:
@@ -121,8 +116,7 @@ class Result:
 
     def save_scores(self) -> None:
         self.seconds = time.monotonic() - self._started
-        write_json(self.run_dir / "scores.json", {
-            "format_version": RUN_FORMAT_VERSION,
+        self.store.write_json("scores.json", {
             "scores": self.scores(),
             "usage": self.usage,
             "seconds": round(self.seconds, 2),
@@ -140,47 +134,28 @@ class Result:
         return prompt_document(self.program, task=self.task, meta=meta)
 
     def save_program(self) -> None:
-        self.program.save(str(self.run_dir / "program.json"))
-        write_json(self.run_dir / "prompt.json", self.prompt())
+        self.store.save_program(self.program)
+        self.store.write_json("prompt.json", self.prompt(), stamp=False)  # the prompt format's own stamp
 
     def __repr__(self) -> str:
         scores = {f"{w}/{s}": round(e.score, 4) for (w, s), e in self.evaluations.items()}
         return f"Result(task={self.task.name!r}, scores={scores}, run_dir='{self.run_dir}')"
 
 
-def write_json(path: Path, document: dict[str, Any]) -> None:
-    """Write a versioned JSON document atomically (temp file + rename)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(dump_json(document))
-    tmp.replace(path)  # atomic: a killed run never leaves half a file
-
-
-@contextlib.contextmanager
-def log_to(run_dir: Path) -> Iterator[None]:
-    """Append autoprompt's INFO log to ``run_dir/run.log`` inside the block."""
-    handler = logging.FileHandler(run_dir / "run.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.setLevel(logging.INFO)
-    root = logging.getLogger("autoprompt")
-    previous = root.level
-    if root.level == logging.NOTSET or root.level > logging.INFO:
-        root.setLevel(logging.INFO)
-    root.addHandler(handler)
-    try:
-        yield
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(previous)
-        handler.close()
-
-
-def _lm_spec(lm: Any) -> str | None:
-    """The ``lm=`` string that rebuilds the run's LM alone (None when a server or key is involved)."""
-    from autoprompt.lms import LMSpec
-
+def _lm_spec(lm: Any) -> dict[str, Any] | None:
+    """The LM as an :class:`LMSpec` record (no key), or None for an LM given as an object (not saved)."""
     if isinstance(lm, LMSpec):
-        return str(lm) if lm.api_base is None and lm.api_key_env is None and not lm.kwargs else None
-    return lm if isinstance(lm, str) or lm is None else None
+        return lm.to_dict()
+    return LMSpec.parse(lm).to_dict() if isinstance(lm, str) or lm is None else None
+
+
+def run_context(task: Any, store: RunStore, config: dict[str, Any], meter: Meter, **settings: Any) -> Context:
+    """The optimizer's :class:`Context` of a run, from its config: the same for the run itself and for every
+    ``autoprompt worker`` that joins it (``settings``: proposer_lm, progress, resume, worker)."""
+    limits = config["limits"]
+    return Context(trainset=task.examples("train", limit=limits["train"]),
+                   devset=task.examples("dev", limit=limits["dev"]), seed=config["seed"], run_dir=store.path,
+                   meter=meter, **settings)
 
 
 def _budget(budget: Budget | int | None) -> Budget:
@@ -191,18 +166,6 @@ def _budget(budget: Budget | int | None) -> Budget:
     if isinstance(budget, Budget):
         return budget
     raise TypeError(f"Invalid budget argument: {budget!r}; pass a number of LM calls or autoprompt.Budget(...)")
-
-
-def new_run_dir(task_name: str, seed: int, runs_root: str | os.PathLike) -> Path:
-    """A new ``<runs_root>/<task>-<time>-s<seed>`` folder (suffixed when the name is taken)."""
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(runs_root) / f"{task_name}-{stamp}-s{seed}"
-    path, i = base, 1
-    while path.exists():
-        i += 1
-        path = base.with_name(f"{base.name}-{i}")
-    path.mkdir(parents=True)
-    return path
 
 
 def optimize(
@@ -247,9 +210,10 @@ def optimize(
     started = time.monotonic()
     if cache_dir is not None or os.environ.get("AUTOPROMPT_CACHE_DIR"):
         configure_cache(cache_dir)
-    if resume and not optimizer_options and run_dir is not None and (Path(run_dir) / "config.json").is_file():
+    store = RunStore.open(run_dir, "optimize") if resume else None  # a bad run folder fails before any work
+    if store is not None and not optimizer_options:
         # resuming with no options given: the run's own optimizer, as its config records it
-        recorded = json.loads((Path(run_dir) / "config.json").read_text())["optimizer"]
+        recorded = store.config["optimizer"]
         opt = optimizer_from_config(recorded) if recorded["name"] == optimizer else get_optimizer(optimizer)
     else:
         opt = get_optimizer(optimizer, **optimizer_options)
@@ -257,19 +221,10 @@ def optimize(
     dspy_lm = build_lm(lm)
     proposer = build_lm(proposer_lm) if proposer_lm is not None else None
     task.validate(("train", "dev"))
-    if resume:
-        if run_dir is None or not (Path(run_dir) / "config.json").is_file():
-            raise RunError(f"cannot resume: {run_dir!r} is not a run directory (it has no config.json)")
-        run_path = Path(run_dir)
-    elif run_dir is not None:
-        run_path = Path(run_dir)
-        if (run_path / "config.json").exists():
-            raise RunError(f"{run_path} already holds a run; pass resume=True (CLI: --resume) or a new directory")
-        run_path.mkdir(parents=True, exist_ok=True)
-    else:
-        run_path = new_run_dir(task.name, seed, runs_root)
+    if store is None:
+        store = RunStore.create("optimize", path=run_dir, runs_root=runs_root, name=task.name, seed=seed)
+    run_path = store.path
     config = {
-        "format_version": RUN_FORMAT_VERSION,
         "autoprompt_version": __version__,
         "dspy_version": dspy.__version__,
         "task": {"name": task.name, "source": task.source, "options": task_options or {}},
@@ -282,21 +237,17 @@ def optimize(
         "limits": {"train": train_limit, "dev": dev_limit, "test": test_limit},
     }
     if not resume:
-        write_json(run_path / "config.json", config)
+        store.write_json("config.json", config)
     adapter = dspy.JSONAdapter()
     baseline = task.make_program()
     result = Result(task=task, program=baseline, baseline_program=baseline, lm=dspy_lm, adapter=adapter,
-                    run_dir=run_path, optimizer=opt, config=config, started=started)
-    with log_to(run_path):
+                    store=store, optimizer=opt, config=config, started=started)
+    with store.log():
         logger.info("run %s: task %s, lm %s, optimizer %s, seed %d", run_path, task.name, dspy_lm.model, opt.name, seed)
         result.evaluate("dev", which="baseline", limit=dev_limit, progress=progress)
         logger.info("baseline dev score %.4f", result.baseline_score)
         meter = Meter(budget)
-        context = Context(
-            trainset=task.examples("train", limit=train_limit),
-            devset=task.examples("dev", limit=dev_limit),
-            seed=seed, run_dir=run_path, meter=meter, proposer_lm=proposer, progress=progress, resume=resume,
-        )
+        context = run_context(task, store, config, meter, proposer_lm=proposer, progress=progress, resume=resume)
         meter.enforcing = True
         try:
             with dspy.context(lm=dspy_lm, adapter=adapter, usage_tracker=meter):

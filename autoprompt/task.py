@@ -208,7 +208,11 @@ class Task:
         for i, row in enumerate(dataset):
             row = {self.columns.get(k, k): v for k, v in row.items()}
             if self.prepare is not None:
-                row = self.prepare(row)
+                try:
+                    row = self.prepare(row)
+                except Exception as exc:
+                    raise TaskError(f"{where}: the task's prepare() failed on row {i} of split {split!r}: "
+                                    f"{type(exc).__name__}: {exc}; fix prepare() in {self.source} or the row") from exc
             missing = [f for f in needed if row.get(f) is None or row.get(f) == ""]
             if missing:
                 raise DataError(
@@ -340,6 +344,10 @@ def load_task(path: str | Path, **options: Any) -> Task:
             raise
         except TypeError as exc:
             raise TaskError(f"{path}: make_task() rejected the options {options}: {exc}") from exc
+        except Exception as exc:  # e.g. a ValueError on --task-option seed=abc
+            raise TaskError(f"{path}: make_task({', '.join(f'{k}={v!r}' for k, v in options.items())}) failed: "
+                            f"{type(exc).__name__}: {exc}; fix the task options (--task-option) or the task "
+                            "module") from exc
     else:
         if options:
             raise TaskError(f"{path}: task options {sorted(options)} given, but the module has no make_task()")

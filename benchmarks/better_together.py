@@ -8,6 +8,8 @@ A cell is (task, seed, side, strategy). Sides:
 - ``gold``: the same ``w`` on the gold labels of the same number of train examples (``answers="gold"``):
   the ceiling of the fine-tuning recipe at that data size;
 - ``traces-N``: ``w`` alone with ``max_traces=N`` (the data curve: test score vs number of traces);
+- ``rounds-N``: every strategy with ``WeightStep(max_rounds=N)`` (``rounds-1``: traces from the program's
+  greedy answers only, the recipe before sampling rounds became the default; the ablation of ``max_rounds``);
 - ``dspy``: DSPy's own ``dspy.BetterTogether`` (BootstrapFewShotWithRandomSearch + BootstrapFinetune)
   fine-tuning the same model through :func:`autoprompt.finetune.dspy_lm`, strategy p -> w -> p.
 
@@ -41,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 import autoprompt  # noqa: E402
 from autoprompt.bettertogether import STRATEGIES, WeightStep  # noqa: E402
-from autoprompt.run import write_json  # noqa: E402
+from autoprompt.store import atomic_write, dump_json  # noqa: E402
 
 RESULTS = HERE / "results"
 CELLS = RESULTS / "better_together"
@@ -67,7 +69,7 @@ def cell_path(task: str, seed: int, side: str, strategy: str) -> Path:
 
 def write_cell(path: Path, cell: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, cell)  # atomic: a killed benchmark never leaves half a cell
+    atomic_write(path, dump_json(cell))  # atomic: a killed benchmark never leaves half a cell
 
 
 def step_cell(step: Any, *, task: str, seed: int, side: str, settings: dict[str, Any], command: str) -> dict[str, Any]:
@@ -96,6 +98,8 @@ def run_side(task_name: str, seed: int, side: str, strategies: list[str], comman
         steps, wanted = {"g": WeightStep(max_traces=settings["max_traces"], answers="gold")}, ["g"]
     elif side.startswith("traces-"):
         steps, wanted = {"w": WeightStep(max_traces=int(side.split("-")[1]))}, ["w"]
+    elif side.startswith("rounds-"):
+        steps = {"w": WeightStep(max_traces=settings["max_traces"], max_rounds=int(side.split("-")[1]))}
     else:
         steps = {"w": WeightStep(max_traces=settings["max_traces"])}
     for strategy in wanted:
@@ -184,7 +188,10 @@ def report() -> str:
         "Each side and seed ran with its own LM cache, empty when it started; within a side, a step that sends "
         "the same prompt to the same LM as an earlier step gets the cached answer (e.g. a final p that keeps the "
         "zero-shot program on the fine-tuned LM re-scores from the cache, hence its short step time). "
-        "'step min' is the step's wall time including its scoring on dev and test.",
+        "'step min' is the step's wall time including its scoring on dev and test. Sides: `autoprompt` = the "
+        "defaults; `recipe-v1` = cells of the previous w recipe (greedy traces only, LoRA learning rate 1e-3), kept "
+        "for comparison; `rounds-N` = w with max_rounds=N; `gold` = w on gold labels (the recipe's ceiling "
+        "at that data size; its seed-0 cells used learning rate 1e-3).",
         "",
     ]
     for task in sorted({c["task"] for c in cells}):
@@ -273,7 +280,7 @@ def main() -> None:
     parser.add_argument("--task", choices=sorted(SETTINGS))
     parser.add_argument("--seeds", nargs="+", type=int, help="default: the task's (3 seeds; banking77 2)")
     parser.add_argument("--sides", nargs="+", default=["autoprompt"],
-                        help="autoprompt, gold, dspy, traces-N (w on N traces)")
+                        help="autoprompt, gold, dspy, traces-N (w on N traces), rounds-N (w with max_rounds=N)")
     parser.add_argument("--strategies", nargs="+", help="default: the task's")
     parser.add_argument("--report", action="store_true", help="only rebuild the table and chart from the cells")
     args = parser.parse_args()

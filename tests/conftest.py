@@ -29,9 +29,12 @@ def _isolated_caches(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 @pytest.fixture(autouse=True)
 def _reset_dspy_settings():
-    """Each test starts with no LM or adapter configured."""
+    """Each test starts with no LM or adapter configured, and no secret registered by another test."""
+    from autoprompt import _secrets
+
     yield
     dspy.settings.configure(lm=None, adapter=None)
+    _secrets.clear()
 
 
 @pytest.fixture(scope="session")

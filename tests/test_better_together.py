@@ -57,7 +57,7 @@ def test_cli_runs_strategies_sharing_prefixes_and_keeps_every_step(tmp_path) -> 
     log = (run / "run.log").read_text()
     assert log.count("BetterTogether step 'p' (from 'vanilla')") == 1  # the shared prefix ran once
     assert (run / "steps" / "p" / "run" / "study.db").is_file()
-    assert json.loads((run / "steps" / "p" / "run" / "config.json").read_text())["lm_spec"] == "local"
+    assert json.loads((run / "steps" / "p" / "run" / "config.json").read_text())["lm_spec"]["model"] == "local"
 
     for name, source in (("p-w", "'p'"), ("w", "'vanilla'")):
         step = run / "steps" / name

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import TASKS
 
 
@@ -50,7 +52,12 @@ def test_errors_are_one_clear_line(tmp_path):
     assert "autoprompt: error:" in out.stderr and "does not define a task" in out.stderr
     assert "Traceback" not in out.stderr
     missing = cli("export", tmp_path, "--format", "json")
-    assert missing.returncode == 2 and "has no prompt.json" in missing.stderr
+    assert missing.returncode == 2 and "is not a run directory" in missing.stderr
+    from autoprompt.store import RunStore
+
+    RunStore.create("optimize", path=tmp_path / "cut").write_json("config.json", {"seed": 0})  # killed early
+    unfinished = cli("export", tmp_path / "cut", "--format", "json")
+    assert unfinished.returncode == 2 and "has no prompt.json" in unfinished.stderr and "--resume" in unfinished.stderr
 
 
 def test_bad_options_are_one_line_naming_the_option_and_its_type(tmp_path):
@@ -74,3 +81,36 @@ def test_bad_options_are_one_line_naming_the_option_and_its_type(tmp_path):
         assert message in out.stderr and "Traceback" not in out.stderr, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert not (tmp_path / "never").exists()
+
+
+_AUDIT = """
+import sys
+def hook(event, args):
+    if event == "socket.getaddrinfo" and args[0] not in ("127.0.0.1", "::1", "localhost", b"localhost", None):
+        print(f"NETWORK ATTEMPT: resolve {args[0]}", file=sys.stderr, flush=True)
+    elif event == "socket.connect" and isinstance(args[1], tuple) and args[1][0] not in ("127.0.0.1", "::1"):
+        print(f"NETWORK ATTEMPT: connect {args[1]}", file=sys.stderr, flush=True)
+sys.addaudithook(hook)
+from autoprompt.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("args", [
+    ("evaluate", TASKS / "banking77.py", "--limit", 1),                     # local csv files, embedded LM
+    ("evaluate", TASKS / "sentiment.py", "--limit", 2),                     # local jsonl files
+    ("evaluate", TASKS / "sentiment.py", "--limit", 3, "--lm", "hosted_vllm/m",  # a server named on loopback
+     "--api-base", "http://127.0.0.1:9/v1"),
+])
+def test_offline_by_default_no_network_attempt(args, tmp_path):
+    """Nothing touches the network unless the user names a remote LM or a hub id: an audit hook reports every
+    name resolution and connection that is not loopback (datasets would ping S3 to count csv "downloads")."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_") or k == "HF_HOME"}
+    env.update(HF_DATASETS_CACHE=str(tmp_path / "hf"), AUTOPROMPT_CACHE_DIR=str(tmp_path / "cache"))
+    out = subprocess.run([sys.executable, "-c", _AUDIT, *map(str, args), "--no-progress"], capture_output=True,
+                         text=True, env=env, timeout=600)
+    assert "NETWORK ATTEMPT" not in out.stderr, out.stderr
+    if "--api-base" in args:  # nothing listens there: one line, exit 2
+        assert out.returncode == 2 and out.stderr.strip().startswith("autoprompt: error: the LM failed"), out.stderr
+    else:
+        assert out.returncode == 0, out.stderr

@@ -18,7 +18,6 @@ an unfinished ``p``::
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -29,12 +28,12 @@ from typing import Any, Mapping, Sequence
 
 import dspy
 
-from autoprompt._exceptions import RunError
 from autoprompt._version import __version__
 from autoprompt.bettertogether._steps import BaseStep, PromptStep, State, StepContext, WeightStep
 from autoprompt.evaluate import Evaluation, evaluate_program
 from autoprompt.export import prompt_document
 from autoprompt.lms import LMSpec
+from autoprompt.store import FORMATS, RunStore
 
 __all__ = [
     "BT_FORMAT_VERSION",
@@ -52,7 +51,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-BT_FORMAT_VERSION = 2
+BT_FORMAT_VERSION = FORMATS["better-together"][1]
 #: the paper's strategies, in the order of its Table 1
 STRATEGIES = ("p", "w", "p -> w", "w -> p", "p -> w -> p")
 _LABELS = {
@@ -111,8 +110,6 @@ class Step:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "format": "autoprompt.better-together.step",
-            "format_version": BT_FORMAT_VERSION,
             "strategy": self.strategy,
             "lm": self.lm.to_dict(),
             "scores": {s: e.to_dict() for s, e in sorted(self.evaluations.items())},
@@ -130,10 +127,11 @@ class BetterTogetherResult:
         run_dir: where everything is.
     """
 
-    def __init__(self, *, task: Any, strategies: list[str], run_dir: Path, config: dict[str, Any]) -> None:
+    def __init__(self, *, task: Any, strategies: list[str], store: RunStore, config: dict[str, Any]) -> None:
         self.task = task
         self.strategies = strategies
-        self.run_dir = run_dir
+        self.store = store
+        self.run_dir = store.path
         self.config = config
         self.steps: dict[str, Step] = {}
         self.seconds = 0.0
@@ -176,16 +174,12 @@ class BetterTogetherResult:
         return "\n".join(lines)
 
     def save(self) -> None:
-        from autoprompt.run import write_json
-
-        write_json(self.run_dir / "results.json", {
-            "format": "autoprompt.better-together",
-            "format_version": BT_FORMAT_VERSION,
+        self.store.write_json("results.json", {
             "rows": self.rows(),
             "steps": {name: step.to_dict() for name, step in self.steps.items()},
             "seconds": round(self.seconds, 1),
         })
-        (self.run_dir / "table.md").write_text(self.table() + "\n")
+        self.store.write_text("table.md", self.table() + "\n")
 
     def __repr__(self) -> str:
         scores = {r["strategy"]: (r["dev"], r["test"]) for r in self.rows()}
@@ -238,8 +232,6 @@ def better_together(
     Returns:
         A :class:`BetterTogetherResult`; ``result.table()`` is the paper's Table 1 in miniature.
     """
-    from autoprompt.run import log_to, write_json
-
     letters = {"p": PromptStep(optimizer, budget=budget, **(optimizer_options or {})),
                "w": WeightStep(finetuner, **(data_options or {})), **(steps or {})}
     for letter, step in letters.items():
@@ -260,11 +252,11 @@ def better_together(
     for letter in {x for p in parsed for x in p}:  # a w on an LM no finetuner serves: refused before any work
         if isinstance(letters[letter], WeightStep):
             letters[letter].finetuner_for(base, StepContext(task, Path("."), seed=seed, progress=progress))
-    path = _run_path(run_dir, runs_root, task, seed, resume)
+    store = RunStore.open(run_dir, "better-together") if resume else \
+        RunStore.create("better-together", path=run_dir, runs_root=runs_root, name=f"{task.name}-bt", seed=seed)
+    path = store.path
     limits = {"train": train_limit, "dev": dev_limit, "test": test_limit}
     config = {
-        "format": "autoprompt.better-together",
-        "format_version": BT_FORMAT_VERSION,
         "autoprompt_version": __version__,
         "task": {"name": task.name, "source": task.source},
         "strategies": names,
@@ -276,21 +268,21 @@ def better_together(
         "limit_sampling": "seeded (0), stratified over the labels",
     }
     if resume:
-        _check_config(path, config)
-    write_json(path / "config.json", config)
-    result = BetterTogetherResult(task=task, strategies=names, run_dir=path, config=config)
+        store.check_resume(config, ("task", "lm", "seed", "limits", "steps"))
+    store.write_json("config.json", config)
+    result = BetterTogetherResult(task=task, strategies=names, store=store, config=config)
 
     def run(parts: tuple[str, ...]) -> Step:
         name = _name(parts)
         if name in result.steps:
             return result.steps[name]
-        folder = path / "steps" / (name.replace(" -> ", "-"))
-        if resume and (folder / "step.json").is_file():
-            step = _load_step(folder, task)
+        step_store = store.child(Path("steps") / name.replace(" -> ", "-"))
+        folder = step_store.path
+        if resume and step_store.exists("step.json"):
+            step = _load_step(step_store, task)
             logger.info("BetterTogether step %r: finished earlier, loaded from %s", name, folder)
         else:
             t0 = time.monotonic()
-            folder.mkdir(parents=True, exist_ok=True)
             if not parts:
                 state = State(task.make_program(), base)
             else:
@@ -302,16 +294,16 @@ def better_together(
             evaluations = state.details.pop("evaluations", {}) if state.details else {}
             step = Step(name, state.program, state.lm, evaluations=dict(evaluations),
                         details=state.details, path=folder)
-            _score(step, task, splits, limits, progress)
+            _score(step, step_store, task, splits, limits, progress)
             step.seconds = time.monotonic() - t0
-            write_json(folder / "step.json", step.to_dict())  # last: the step is finished
+            step_store.write_json("step.json", step.to_dict(), sub="step")  # last: the step is finished
         result.steps[name] = step
         result.seconds = time.monotonic() - started
         result.save()
         logger.info("%s: %s", name, {s: round(e.score, 4) for s, e in step.evaluations.items()})
         return step
 
-    with log_to(path):
+    with store.log():
         logger.info("BetterTogether run %s: task %s, lm %s, strategies %s%s", path, task.name, base, names,
                     " (resumed)" if resume else "")
         run(())
@@ -322,70 +314,30 @@ def better_together(
     return result
 
 
-def _run_path(run_dir: Any, runs_root: Any, task: Any, seed: int, resume: bool) -> Path:
-    from autoprompt.run import new_run_dir
-
-    if resume:
-        if run_dir is None or not (Path(run_dir) / "config.json").is_file():
-            raise RunError(f"cannot resume: {run_dir!r} is not a BetterTogether run directory (no config.json); "
-                           "pass the run's --run-dir")
-        return Path(run_dir)
-    if run_dir is None:
-        return new_run_dir(f"{task.name}-bt", seed, runs_root)
-    path = Path(run_dir)
-    if (path / "config.json").exists():
-        raise RunError(f"{path} already holds a BetterTogether run; pass resume=True (CLI: --resume) or a new run_dir")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _check_config(path: Path, config: dict[str, Any]) -> None:
-    """A resumed run must be the same run: same task, LM, seed, limits and steps."""
-    old = json.loads((path / "config.json").read_text())
-    if old.get("format") != config["format"] or old.get("format_version") != BT_FORMAT_VERSION:
-        raise RunError(f"{path}/config.json is not a BetterTogether run of format version {BT_FORMAT_VERSION} "
-                       f"(found {old.get('format')!r} version {old.get('format_version')!r}); start a new run")
-    if old.get("task", {}).get("source") != config["task"]["source"]:  # a moved clone or run folder
-        logger.warning("resuming %s: its task file was %s, now %s", path, old.get("task", {}).get("source"),
-                       config["task"]["source"])
-    old = {**old, "task": {**old.get("task", {}), "source": config["task"]["source"]}}
-    for key in ("task", "lm", "seed", "limits", "steps"):
-        if old.get(key) != config[key]:
-            raise RunError(f"cannot resume {path}: its {key} was {old.get(key)!r}, now {config[key]!r}; "
-                           "resume with the same options or start a new run")
-
-
-def _score(step: Step, task: Any, splits: Sequence[str], limits: dict[str, int | None], progress: bool) -> None:
+def _score(step: Step, store: RunStore, task: Any, splits: Sequence[str], limits: dict[str, int | None],
+           progress: bool) -> None:
     """Score the step on every split it lacks, and write its program, prompt and answers."""
-    from autoprompt.run import write_json
-
     assert step.path is not None
     with dspy.context(lm=step.lm.build(), adapter=dspy.JSONAdapter()):
         for split in splits:
             if split not in step.evaluations:
                 step.evaluations[split] = evaluate_program(step.program, task, split, limit=limits[split],
                                                            progress=progress, desc=f"{step.strategy} on {split}")
-    folder = step.path / "evaluations"
-    folder.mkdir(parents=True, exist_ok=True)
     for split, ev in step.evaluations.items():
         if ev.records:
-            with open(folder / f"{split}.jsonl", "w") as f:
-                for record in ev.records:
-                    f.write(json.dumps(record, sort_keys=True, default=str) + "\n")
-    step.program.save(str(step.path / "program.json"))
+            store.write_evaluation(split, ev)
+    store.save_program(step.program)
     meta = {"strategy": step.strategy, "lm": step.lm.to_dict(),
             "scores": {s: e.score for s, e in step.evaluations.items()}}
-    write_json(step.path / "prompt.json", prompt_document(step.program, task=task, meta=meta))
+    store.write_json("prompt.json", prompt_document(step.program, task=task, meta=meta), stamp=False)
 
 
-def _load_step(folder: Path, task: Any) -> Step:
+def _load_step(store: RunStore, task: Any) -> Step:
     """A finished step from its folder: program, LM and scores as written (no LM call)."""
     from autoprompt.export import load_prompt
 
-    saved = json.loads((folder / "step.json").read_text())
-    if saved.get("format_version") != BT_FORMAT_VERSION:
-        raise RunError(f"{folder}/step.json has format version {saved.get('format_version')!r}, not "
-                       f"{BT_FORMAT_VERSION}; start a new run")
+    folder = store.path
+    saved = store.read_json("step.json", sub="step")
     evaluations = {s: Evaluation(**{k: v for k, v in e.items() if k != "records"})
                    for s, e in saved["scores"].items()}
     return Step(saved["strategy"], load_prompt(folder / "prompt.json", task), LMSpec.from_dict(saved["lm"]),

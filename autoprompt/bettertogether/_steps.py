@@ -132,12 +132,17 @@ class WeightStep(BaseStep):
         balance: as many traces per label as the rarest label has (see
             :func:`autoprompt.export.compile_training_data`).
         val_fraction: share of the traces held back to choose the checkpoint (validation accuracy).
+        max_rounds: attempts per train example: a failing first answer is sampled again at
+            temperature 1.0 up to ``max_rounds - 1`` times and the first passing answer kept (DSPy's
+            bootstrap rounds). A program that answers one label for nearly every input (the 135M model
+            zero-shot: "positive") passes on few examples of the other labels greedily; sampling finds
+            more of them, at the price of more LM calls on those examples only.
         **data_options: more options of ``compile_training_data`` (``threshold``, ``keep_demos``,
             ``answers``, ``limit``, ...).
     """
 
     def __init__(self, finetuner: Any = None, *, max_traces: int | None = 1000, balance: bool = True,
-                 val_fraction: float = 0.1, **data_options: Any) -> None:
+                 val_fraction: float = 0.1, max_rounds: int = 4, **data_options: Any) -> None:
         from autoprompt._options import OptionError, check_options
         from autoprompt.export import compile_training_data
 
@@ -145,13 +150,15 @@ class WeightStep(BaseStep):
         if reserved & set(data_options):
             raise OptionError(f"the w step sets {sorted(reserved & set(data_options))} itself; drop them")
         check_options(compile_training_data, {"max_traces": max_traces, "balance": balance,
-                                              "val_fraction": val_fraction, **data_options}, "the w step's data")
+                                              "val_fraction": val_fraction, "max_rounds": max_rounds, **data_options},
+                      "the w step's data")
         if max_traces is not None and max_traces < 1:
             raise ExportError(f"data option max_traces must be a positive integer or None, got {max_traces!r}")
         self.finetuner = finetuner
         self.max_traces = max_traces
         self.balance = balance
         self.val_fraction = val_fraction
+        self.max_rounds = max_rounds
         self.data_options = data_options
 
     def options(self) -> dict[str, Any]:
@@ -161,7 +168,7 @@ class WeightStep(BaseStep):
         return {"finetuner": None if tuner is None else tuner if isinstance(tuner, str) else
                 {"name": tuner.name, "options": {k: v for k, v in tuner.options().items() if k not in runtime}},
                 "max_traces": self.max_traces, "balance": self.balance, "val_fraction": self.val_fraction,
-                "data_options": self.data_options}
+                "max_rounds": self.max_rounds, "data_options": self.data_options}
 
     def finetuner_for(self, lm: LMSpec, context: StepContext) -> Any:
         """The finetuner object for ``lm`` (the default one for a local model)."""
@@ -181,7 +188,8 @@ class WeightStep(BaseStep):
 
         finetuner = self.finetuner_for(state.lm, context)
         options = {"limit": context.limits.get("train"), "seed": context.seed, **self.data_options,
-                   "max_traces": self.max_traces, "balance": self.balance, "val_fraction": self.val_fraction}
+                   "max_traces": self.max_traces, "balance": self.balance, "val_fraction": self.val_fraction,
+                   "max_rounds": self.max_rounds}
         with dspy.context(lm=state.lm.build(), adapter=dspy.JSONAdapter()):
             data = compile_training_data(state.program, context.task, split="train", progress=context.progress,
                                          source=f"better_together step {context.name!r}: traces of the program of "

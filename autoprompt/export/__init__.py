@@ -16,6 +16,7 @@ from autoprompt.export._formats import JsonExporter, MessagesExporter, TextExpor
 from autoprompt.export._prompt import FORMAT_VERSION, dump_json, load_prompt, prompt_document, read_prompt
 from autoprompt.export._render import json_schema, render_messages, signature_from_spec
 from autoprompt.export._training import DATA_FORMATS, TrainingData, compile_training_data, split_validation
+from autoprompt.store import atomic_write
 
 __all__ = [
     "DATA_FORMATS",
@@ -48,5 +49,4 @@ def export_prompt(document: dict[str, Any] | str | Path, path: str | Path, forma
     document = read_prompt(document)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(EXPORTERS[format]().render(document))
-    return path
+    return atomic_write(path, EXPORTERS[format]().render(document))

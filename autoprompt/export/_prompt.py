@@ -22,16 +22,12 @@ import dspy
 
 from autoprompt._exceptions import ExportError
 from autoprompt._version import __version__
+from autoprompt.store import dump_json
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "dump_json", "load_prompt", "prompt_document", "read_prompt"]
 
 FORMAT = "autoprompt.prompt"
 FORMAT_VERSION = 1
-
-
-def dump_json(document: dict[str, Any]) -> str:
-    """Deterministic JSON text for every file autoprompt writes."""
-    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n"
 
 
 def _field(name: str, info: Any) -> dict[str, Any]:

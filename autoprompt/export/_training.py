@@ -34,7 +34,7 @@ import dspy
 from autoprompt._exceptions import ExportError
 from autoprompt._version import __version__
 from autoprompt.evaluate import run_one
-from autoprompt.export._prompt import dump_json
+from autoprompt.store import atomic_write, dump_json
 from autoprompt.export._render import json_schema
 
 __all__ = [
@@ -93,13 +93,12 @@ class TrainingData:
                 ds.to_parquet(str(out / f"{split}.parquet"))
                 files += [f"{split}/", f"{split}.parquet"]
             else:
-                with open(out / f"{split}.jsonl", "w") as f:
-                    for row in rows:
-                        f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+                atomic_write(out / f"{split}.jsonl", "".join(
+                    json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows))
                 files.append(f"{split}.jsonl")
         manifest = {**self.manifest, "data_format": format, "files": files,
                     "rows": {s: len(r) for s, r in splits.items()}}
-        (out / "manifest.json").write_text(dump_json(manifest))
+        atomic_write(out / "manifest.json", dump_json(manifest))
         return out
 
 
@@ -125,6 +124,7 @@ def compile_training_data(
     answers: str = "program",
     max_traces: int | None = None,
     balance: bool = False,
+    max_rounds: int = 1,
     progress: bool = True,
 ) -> TrainingData:
     """Run ``program`` over a split (with the current DSPy LM) and keep the passing traces.
@@ -141,6 +141,13 @@ def compile_training_data(
         balance: keep as many examples of every declared choice as of the rarest one that has any
             (needs ``task.choices``). A label with no passing example is reported in the manifest
             (``labels.missing``) and logged; fewer than two labels with one raises ``ExportError``.
+        max_rounds: attempts per example (``answers="program"``): an example whose first answer
+            (greedy, as served) fails the metric is run again up to ``max_rounds - 1`` times with a
+            fresh rollout at temperature 1.0 and seed ``seed * 1000 + round`` (the cache keeps each
+            rollout), and the first passing answer is kept, as DSPy's ``BootstrapFewShot(max_rounds=)``
+            does. A program biased towards one label passes the metric on few examples of the others;
+            sampling finds the examples where it gives the right label some probability. The manifest
+            counts the examples kept per round (``counts.kept_by_round``) and the attempts made.
         source: where the program came from (a prompt file, a run), for the manifest.
         answers: ``"program"`` (BetterTogether: the program's own answers, kept when the metric
             passes) or ``"gold"`` (the split's labels as the answers to the program's prompts, no
@@ -156,6 +163,8 @@ def compile_training_data(
     if answers == "gold" and len(predictors) != 1:
         raise ExportError(f"answers='gold' needs a single-predictor program; this one has {len(predictors)} "
                           "predictors (their intermediate answers have no labels): use answers='program'")
+    if not isinstance(max_rounds, int) or isinstance(max_rounds, bool) or max_rounds < 1:
+        raise ExportError(f"max_rounds must be a positive integer, got {max_rounds!r}")
     if max_traces is not None and (not isinstance(max_traces, int) or max_traces < 1):
         raise ExportError(f"max_traces must be a positive integer or None, got {max_traces!r}")
     choices = [str(c) for c in task.choices] if balance and task.choices else None
@@ -165,7 +174,8 @@ def compile_training_data(
     adapter = dspy.JSONAdapter()
     names = {id(p): n for n, p in program.named_predictors()}
     counts = {"examples": 0, "kept_examples": 0, "dropped_metric": 0, "dropped_parse": 0, "dropped_error": 0,
-              "dropped_balance": 0, "skipped_quota": 0, "records": 0, "duplicates": 0}
+              "dropped_balance": 0, "skipped_quota": 0, "records": 0, "duplicates": 0, "attempts": 0}
+    kept_by_round: dict[str, int] = {}
     labels: dict[str, dict[str, int]] = {k: {} for k in ("kept", "dropped_metric", "dropped_failure",
                                                           "dropped_balance", "skipped_quota")}
     quota = -(-max_traces // len(choices)) if choices and max_traces else None
@@ -197,17 +207,21 @@ def compile_training_data(
             _add(records, seen, counts, adapter, predictor, names, dict(example.inputs()), outputs, keep_demos, dedupe,
                  gold)
             continue
-        with dspy.context(trace=[], adapter=adapter):
-            prediction, failure = run_one(program, example)
-            trace = list(dspy.settings.trace)
-        if failure is not None:
-            counts["dropped_parse" if failure == "parse" else "dropped_error"] += 1
-            _tally(labels["dropped_failure"], gold)
+        trace, failure, passed, round_ = [], None, False, 0
+        for round_ in range(1, max_rounds + 1):
+            counts["attempts"] += 1
+            trace, failure, passed = _attempt(program, example, task, adapter, threshold, round_, seed)
+            if passed:
+                break
+        if not passed:
+            if failure is not None:
+                counts["dropped_parse" if failure == "parse" else "dropped_error"] += 1
+                _tally(labels["dropped_failure"], gold)
+            else:
+                counts["dropped_metric"] += 1
+                _tally(labels["dropped_metric"], gold)
             continue
-        if task.score(example, prediction) < threshold:
-            counts["dropped_metric"] += 1
-            _tally(labels["dropped_metric"], gold)
-            continue
+        kept_by_round[str(round_)] = kept_by_round.get(str(round_), 0) + 1
         counts["kept_examples"] += 1
         _tally(labels["kept"], gold)
         for predictor, inputs, outputs in trace:
@@ -219,6 +233,8 @@ def compile_training_data(
     if choices is not None:
         records, missing = _balance(records, choices, labels, counts, task, split)
     counts["records"] = len(records)
+    if max_rounds > 1:
+        counts["kept_by_round"] = dict(sorted(kept_by_round.items(), key=lambda kv: int(kv[0])))
     train, val = split_validation(records, val_fraction, seed)
     lm = dspy.settings.lm
     manifest = {
@@ -231,12 +247,28 @@ def compile_training_data(
         "lm": getattr(lm, "model", None),
         "filter": {"metric": getattr(task.metric, "__name__", repr(task.metric)), "threshold": threshold},
         "options": {"keep_demos": keep_demos, "dedupe": dedupe, "val_fraction": val_fraction, "limit": limit,
-                    "seed": seed, "answers": answers, "max_traces": max_traces, "balance": balance},
+                    "seed": seed, "answers": answers, "max_traces": max_traces, "balance": balance,
+                    "max_rounds": max_rounds},
         "counts": counts,
         "labels": {**{k: dict(sorted(v.items())) for k, v in labels.items()}, "missing": missing},
     }
     logger.info("training data: %s", counts)
     return TrainingData(train=train, val=val, counts=counts, manifest=manifest)
+
+
+def _attempt(program: dspy.Module, example: Any, task: Any, adapter: Any, threshold: float, round_: int,
+             seed: int) -> tuple[list, str | None, bool]:
+    """One run of ``program`` with tracing: ``(trace, failure, passed)``; rounds after the first sample."""
+    settings: dict[str, Any] = {"trace": [], "adapter": adapter}
+    if round_ > 1:  # DSPy's bootstrap rounds: a fresh rollout at temperature 1.0 (seeded here, so reproducible)
+        if dspy.settings.lm is None:
+            raise ExportError("max_rounds > 1 samples from the current DSPy LM; none is configured")
+        settings["lm"] = dspy.settings.lm.copy(rollout_id=round_ - 1, temperature=1.0, seed=seed * 1000 + round_)
+    with dspy.context(**settings):
+        prediction, failure = run_one(program, example)
+        trace = list(dspy.settings.trace)
+    passed = failure is None and task.score(example, prediction) >= threshold
+    return trace, failure, passed
 
 
 def _tally(histogram: dict[str, int], label: str | None) -> None:

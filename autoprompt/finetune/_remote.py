@@ -71,7 +71,7 @@ class OpenAIFinetuner(BaseFinetuner):
         from dspy.clients.openai import OpenAIProvider
         from dspy.clients.utils_finetune import TrainDataFormat
 
-        from autoprompt.export import dump_json
+        from autoprompt.store import atomic_write, dump_json
 
         if not data.train:
             raise FinetuneError(f"no training examples to upload (counts: {data.counts})")
@@ -114,7 +114,7 @@ class OpenAIFinetuner(BaseFinetuner):
         if output_dir is not None:
             out = Path(output_dir)
             out.mkdir(parents=True, exist_ok=True)
-            (out / "finetune.json").write_text(dump_json(manifest))
+            atomic_write(out / "finetune.json", dump_json(manifest))
         logger.info("fine-tuned model %s ready after %.0f s", tuned, metrics["seconds"])
         lm_kwargs = {k: v for k, v in (("api_base", self.api_base), ("api_key", self._api_key)) if v}
         return FinetuneResult(lm_spec=tuned, output_dir=out, metrics=metrics, manifest=manifest, lm_kwargs=lm_kwargs)

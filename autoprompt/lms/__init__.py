@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import dspy
@@ -86,6 +87,13 @@ def build_lm(
             cache=cache,
             num_retries=0,
         )
+    from autoprompt._secrets import register_secret, register_url
+
+    for name, value in kwargs.items():  # a key or a URL with a token: redacted by value from now on
+        if isinstance(value, str) and value.startswith(("http://", "https://")):
+            register_url(value)
+        elif not _is_public(name):
+            register_secret(value)
     return dspy.LM(lm, max_tokens=max_tokens or 512, temperature=temperature, cache=cache, **kwargs)
 
 
@@ -95,6 +103,10 @@ def describe_lm(lm: dspy.BaseLM) -> dict[str, Any]:
     return {"model": lm.model, "kwargs": kwargs}
 
 
+_SECRET_NAME = re.compile(r"key|secret|passw|auth|header|credential|cookie|session|(^|_)token($|_)", re.IGNORECASE)
+
+
 def _is_public(key: str) -> bool:
-    key = key.lower()
-    return not any(word in key for word in ("key", "secret", "token_", "password", "auth", "header"))
+    """A setting whose name does not say "secret" (``api_key``, ``azure_ad_token``, ``vertex_credentials``,
+    ...); ``max_tokens`` is public. Values are redacted anyway (see :mod:`autoprompt._secrets`)."""
+    return not _SECRET_NAME.search(key)

@@ -44,6 +44,12 @@ class LMSpec:
     api_key: str | None = field(default=None, repr=False, compare=False)
     kwargs: tuple[tuple[str, Any], ...] = ()
 
+    def __post_init__(self) -> None:
+        from autoprompt._secrets import register_secret, register_url
+
+        register_secret(self.api_key)  # never written anywhere: redacted by value from every file and log
+        register_url(self.api_base)
+
     @classmethod
     def parse(cls, value: Any, **settings: Any) -> "LMSpec":
         """An ``lm=`` string (``"local?lora=..."`` included), ``None`` or an LMSpec, as an LMSpec."""
@@ -87,6 +93,10 @@ class LMSpec:
         if self.adapter:
             raise TypeError(f"an adapter applies to a local model only, not to {self.model!r}")
         key = self.api_key or (os.environ.get(self.api_key_env) if self.api_key_env else None)
+        if key is not None:
+            from autoprompt._secrets import register_secret
+
+            register_secret(key)
         if self.api_key_env and key is None:
             from autoprompt._exceptions import LMError
 

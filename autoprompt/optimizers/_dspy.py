@@ -1,24 +1,103 @@
 """DSPy's own optimizers, run as they are: BootstrapFewShot, its random search, and MIPROv2.
 
-Parse failures of the small LM never end the run: DSPy's error cap is lifted while they compile
-and a failed example just scores 0.
+Errors are bounded, not ignored. DSPy's own ``max_errors`` counts unparsable answers and LM errors
+together, and an exhausted LM budget would count too, so it stays lifted; autoprompt counts the LM
+calls that fail (a DSPy callback: transport and server errors, not the small LM's unparsable answers,
+not the budget's stop) and ends the run with one :class:`LMError` when they pass ``max_errors``
+(default: half the examples the optimizer may run, train + dev, at least 10). A server that stops
+answering ends the run instead of scoring every candidate 0.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import dspy
+from dspy.utils.callback import BaseCallback
 
-from autoprompt._exceptions import AutopromptError
+from autoprompt._exceptions import AutopromptError, BudgetExhausted, LMError
 from autoprompt.optimizers._base import BaseOptimizer, Context
 
 __all__ = ["BootstrapFewShot", "MIPROv2", "RandomSearch"]
 
 logger = logging.getLogger(__name__)
 
+
+
 _NO_ERROR_CAP = 10**9
+
+
+def error_budget(max_errors: int | None, context: Context) -> int:
+    """The LM errors a DSPy optimizer may meet before the run stops: ``max_errors``, else half of train + dev
+    (at least 10)."""
+    if max_errors is not None:
+        return max_errors
+    return max(10, (len(context.trainset) + len(context.devset)) // 2)
+
+
+class _LMErrors(BaseCallback):
+    """Counts LM calls that end in an error other than the budget's stop (DSPy callbacks cannot raise)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last: str | None = None
+        self._lock = threading.Lock()
+
+    def on_lm_end(self, call_id: str, outputs: Any, exception: Exception | None = None) -> None:
+        if exception is None or _has(exception, BudgetExhausted):
+            return
+        with self._lock:
+            self.count += 1
+            self.last = f"{type(exception).__name__}: {exception}"
+        if self.count <= 3:
+            logger.warning("LM error during the DSPy optimizer (%d so far): %s", self.count, self.last)
+
+
+def _compile(name: str, budget: int, run: Any) -> dspy.Module:
+    """Run a DSPy optimizer, counting its LM errors; past ``budget`` of them the run ends with one LMError."""
+    counter = _LMErrors()
+    try:
+        with dspy.context(max_errors=_NO_ERROR_CAP, callbacks=[*dspy.settings.callbacks, counter]):
+            program = run()
+    except AutopromptError:
+        raise
+    except Exception as exc:
+        if counter.count > budget or (_is_lm_failure(exc) and not _has(exc, BudgetExhausted)):
+            raise LMError(f"DSPy's {name} stopped: {type(exc).__name__}: {exc}; {counter.count} LM errors, last "
+                          f"{counter.last}. Check the LM (see run.log)") from exc
+        raise
+    if counter.count > budget:
+        raise LMError(f"DSPy's {name}: {counter.count} LM calls failed (more than max_errors={budget}); last "
+                      f"{counter.last}. Its result would measure the LM server: check the LM, or raise the budget "
+                      "with --option max_errors=N")
+    return program
+
+
+def _has(exc: BaseException | None, kind: type[BaseException]) -> bool:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, kind):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _is_lm_failure(exc: BaseException) -> bool:
+    """An LM call or answer that failed (what DSPy re-raises, or its parallel executor's "cancelled")."""
+    from dspy.utils.exceptions import AdapterParseError
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        module = type(exc).__module__.split(".")[0]
+        if isinstance(exc, (AdapterParseError, LMError, ConnectionError, TimeoutError)) or \
+                module in ("litellm", "openai", "httpx", "httpcore") or "Execution cancelled due to errors" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 class BootstrapFewShot(BaseOptimizer):
@@ -26,12 +105,15 @@ class BootstrapFewShot(BaseOptimizer):
 
     name = "bootstrap"
 
-    def __init__(self, max_bootstrapped_demos: int = 4, max_labeled_demos: int = 4, max_rounds: int = 1) -> None:
+    def __init__(self, max_bootstrapped_demos: int = 4, max_labeled_demos: int = 4, max_rounds: int = 1,
+                 max_errors: int | None = None) -> None:
         self.max_bootstrapped_demos = max_bootstrapped_demos
         self.max_labeled_demos = max_labeled_demos
         self.max_rounds = max_rounds
+        self.max_errors = max_errors
 
     def compile(self, program: dspy.Module, task, context: Context) -> dspy.Module:
+        budget = error_budget(self.max_errors, context)
         optimizer = dspy.BootstrapFewShot(
             metric=task.dspy_metric,
             max_bootstrapped_demos=self.max_bootstrapped_demos,
@@ -39,8 +121,8 @@ class BootstrapFewShot(BaseOptimizer):
             max_rounds=self.max_rounds,
             max_errors=_NO_ERROR_CAP,
         )
-        with dspy.context(max_errors=_NO_ERROR_CAP):
-            return optimizer.compile(program.deepcopy(), trainset=context.trainset)
+        return _compile("BootstrapFewShot", budget, lambda: optimizer.compile(program.deepcopy(),
+                                                                              trainset=context.trainset))
 
 
 class RandomSearch(BaseOptimizer):
@@ -49,13 +131,16 @@ class RandomSearch(BaseOptimizer):
     name = "random-search"
 
     def __init__(
-        self, num_candidate_programs: int = 6, max_bootstrapped_demos: int = 4, max_labeled_demos: int = 4
+        self, num_candidate_programs: int = 6, max_bootstrapped_demos: int = 4, max_labeled_demos: int = 4,
+        max_errors: int | None = None,
     ) -> None:
         self.num_candidate_programs = num_candidate_programs
         self.max_bootstrapped_demos = max_bootstrapped_demos
         self.max_labeled_demos = max_labeled_demos
+        self.max_errors = max_errors
 
     def compile(self, program: dspy.Module, task, context: Context) -> dspy.Module:
+        budget = error_budget(self.max_errors, context)
         optimizer = dspy.BootstrapFewShotWithRandomSearch(
             metric=task.dspy_metric,
             num_candidate_programs=self.num_candidate_programs,
@@ -64,8 +149,8 @@ class RandomSearch(BaseOptimizer):
             num_threads=1,
             max_errors=_NO_ERROR_CAP,
         )
-        with dspy.context(max_errors=_NO_ERROR_CAP):
-            return optimizer.compile(program.deepcopy(), trainset=context.trainset, valset=context.devset)
+        return _compile("BootstrapFewShotWithRandomSearch", budget, lambda: optimizer.compile(
+            program.deepcopy(), trainset=context.trainset, valset=context.devset))
 
 
 class MIPROv2(BaseOptimizer):
@@ -86,7 +171,9 @@ class MIPROv2(BaseOptimizer):
         max_bootstrapped_demos: int = 4,
         max_labeled_demos: int = 4,
         minibatch_size: int = 35,
+        max_errors: int | None = None,
     ) -> None:
+        self.max_errors = max_errors
         self.auto = auto
         self.num_candidates = num_candidates
         self.num_trials = num_trials
@@ -95,6 +182,7 @@ class MIPROv2(BaseOptimizer):
         self.minibatch_size = minibatch_size
 
     def compile(self, program: dspy.Module, task, context: Context) -> dspy.Module:
+        budget = error_budget(self.max_errors, context)
         optimizer = dspy.MIPROv2(
             metric=task.dspy_metric,
             prompt_model=context.proposer_lm,
@@ -112,15 +200,14 @@ class MIPROv2(BaseOptimizer):
             kwargs["num_trials"] = self.num_trials
         minibatch = len(context.devset) > self.minibatch_size
         try:
-            with dspy.context(max_errors=_NO_ERROR_CAP):
-                return optimizer.compile(
-                    program.deepcopy(),
-                    trainset=context.trainset,
-                    valset=context.devset,
-                    minibatch=minibatch,
-                    minibatch_size=min(self.minibatch_size, len(context.devset)),
-                    **kwargs,
-                )
+            return _compile("MIPROv2", budget, lambda: optimizer.compile(
+                program.deepcopy(),
+                trainset=context.trainset,
+                valset=context.devset,
+                minibatch=minibatch,
+                minibatch_size=min(self.minibatch_size, len(context.devset)),
+                **kwargs,
+            ))
         except AutopromptError:
             raise
         except Exception as exc:

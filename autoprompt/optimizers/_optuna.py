@@ -22,8 +22,8 @@ from typing import Any
 
 import dspy
 
-from autoprompt._exceptions import BudgetExhausted
-from autoprompt.evaluate import run_one
+from autoprompt._exceptions import BudgetExhausted, LMError
+from autoprompt.evaluate import MAX_ERROR_SHARE, MAX_LEADING_ERRORS, run_one
 from autoprompt.optimizers._base import BaseOptimizer, Context
 
 __all__ = ["OptunaSearch", "POOL_VERSION", "build_program", "stratified_sample"]
@@ -121,6 +121,10 @@ class OptunaSearch(BaseOptimizer):
         self.pruner = pruner
         self.temperatures = tuple(temperatures)
         self.storage = storage
+        if storage:
+            from autoprompt._secrets import register_url
+
+            register_url(storage)  # its password, redacted by value from every file and log line
         self.study_name = study_name
         self.jobs = jobs
         self.multi_objective = multi_objective
@@ -281,7 +285,7 @@ class OptunaSearch(BaseOptimizer):
         started = time.monotonic()
         total = 0.0
         done = 0
-        failures = 0
+        failures = errors = 0
         pruned = False
         per_example = self._per_example_reports()
         boundaries = set(steps)
@@ -289,6 +293,13 @@ class OptunaSearch(BaseOptimizer):
             for i, example in enumerate(devset):
                 prediction, failure = run_one(program, example)
                 failures += failure is not None
+                if failure is not None and failure != "parse":
+                    errors += 1
+                    if errors < i + 1:  # after a success: the server fails now and then (leading ones raise)
+                        logger.warning("trial %d: LM error on dev example %d: %s", trial.number, i, failure)
+                    if errors == i + 1 and errors >= MAX_LEADING_ERRORS:  # the LM is down, not the prompt bad
+                        raise LMError(f"the LM failed on the first {errors} dev examples of trial {trial.number}; "
+                                      f"last {failure}. Check the LM; --resume continues the study")
                 value = task.score(example, prediction)
                 total += value
                 done = i + 1
@@ -314,8 +325,12 @@ class OptunaSearch(BaseOptimizer):
         trial.set_user_attr("seconds", round(time.monotonic() - started, 3))
         trial.set_user_attr("examples", done)
         trial.set_user_attr("failures", failures)
+        trial.set_user_attr("lm_errors", errors)
         trial.set_user_attr("prompt_tokens", prompt_tokens)
         trial.set_user_attr("score_so_far", total / done if done else 0.0)
+        if errors >= MAX_LEADING_ERRORS and errors > MAX_ERROR_SHARE * done:
+            raise LMError(f"the LM failed on {errors} of {done} dev examples of trial {trial.number} (more than "
+                          f"{MAX_ERROR_SHARE:.0%}); its score would measure the server: check the LM, then --resume")
         if pruned:
             raise optuna.TrialPruned()
         score = total / done
@@ -415,8 +430,8 @@ class OptunaSearch(BaseOptimizer):
                     text = str(result.proposed_instruction).strip()
                 except BudgetExhausted:
                     break
-                except Exception as exc:  # a weak LM that cannot produce the format
-                    logger.info("instruction proposal %d for %s skipped: %s", i, name, exc)
+                except Exception as exc:  # a weak LM that cannot produce the format, or an LM error
+                    logger.warning("instruction proposal %d for %s failed (skipped): %s", i, name, exc)
                     failed += 1
                     continue
                 if not 10 <= len(text) <= 600 or text in found:

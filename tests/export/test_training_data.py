@@ -141,3 +141,45 @@ def test_traces_of_one_label_cannot_be_balanced(small_task, caplog):
             compile_training_data(program, small_task, balance=True, progress=False)
     with pytest.raises(ExportError, match="max_traces must be a positive integer"):
         compile_training_data(program, small_task, max_traces=0)
+
+
+def test_rounds_sample_again_where_the_greedy_answer_fails(lm, small_task):
+    """max_rounds: a failing greedy answer is sampled again (temperature 1.0, seeded); the first passing one
+    is kept. On the real model, zero-shot: the greedy pass keeps few negatives, later rounds add more."""
+    program = small_task.make_program()
+    with dspy.context(lm=lm):
+        greedy = compile_training_data(program, small_task, progress=False)
+        sampled = compile_training_data(program, small_task, max_rounds=4, progress=False)
+    with dspy.context(lm=lm.copy(cache=False)):  # not from the cache: the seeds make it reproducible
+        again = compile_training_data(program, small_task, max_rounds=4, progress=False)
+    c, by_round = sampled.counts, sampled.counts["kept_by_round"]
+    assert sum(by_round.values()) == c["kept_examples"] and by_round["1"] == greedy.counts["kept_examples"]
+    assert set(by_round) - {"1"}, by_round  # some examples passed on a later round only
+    failed_first = c["examples"] - by_round["1"]
+    # a failing example gets up to 3 more attempts; one that passes on round r used r of them
+    assert c["attempts"] == c["examples"] + sum((int(r) - 1) * n for r, n in by_round.items()) \
+        + 3 * (c["examples"] - c["kept_examples"])
+    assert failed_first > 0 and greedy.counts["attempts"] == greedy.counts["examples"] == 40
+    kept = sampled.manifest["labels"]["kept"]
+    assert kept.get("negative", 0) > greedy.manifest["labels"]["kept"].get("negative", 0)
+    assert sampled.manifest["options"]["max_rounds"] == 4
+    # every kept answer is still the gold one, and the seeded rollouts make the data reproducible
+    gold = {e.text: e.label for e in small_task.examples("train")}
+    for r in sampled.train:
+        text = r["messages"][1]["content"].split("[[ ## text ## ]]\n", 1)[1].split("\n\n", 1)[0]
+        assert json.loads(r["messages"][-1]["content"])["label"] == gold[text]
+    assert [r["messages"] for r in again.train] == [r["messages"] for r in sampled.train]
+    with pytest.raises(ExportError, match="max_rounds must be a positive integer"):
+        compile_training_data(program, small_task, max_rounds=0)
+
+
+def test_dedupe_removes_repeated_rows(small_task):
+    """A train split with every row twice: dedupe keeps one record per distinct prompt and answer and counts the
+    rest; without it both copies stay (gold answers: no LM call, pure logic)."""
+    program = small_task.make_program()
+    rows = [dict(e) for e in small_task.examples("train", seed=None)][:6]
+    doubled = autoprompt.Task(name="twice", program=small_task.signature, train=rows + rows, dev=rows)
+    kept = compile_training_data(program, doubled, answers="gold", progress=False)
+    assert kept.counts["duplicates"] == 6 and kept.counts["records"] == 6 and len(kept.train) == 6
+    both = compile_training_data(program, doubled, answers="gold", dedupe=False, progress=False)
+    assert both.counts["duplicates"] == 0 and len(both.train) == 12
