@@ -126,13 +126,9 @@ def write_plots(study: Any, out_dir: str | Path) -> list[Path]:
 
 def trial_program(run_dir: str | Path, trial_number: int) -> tuple[Any, Any, dict]:
     """``(task, program, task_params)`` of one trial of a run, e.g. a point of the Pareto front."""
-    from autoprompt.optimizers._optuna import build_program
+    from autoprompt.optimizers.optuna import program_of_trial
 
     study = open_study(run_dir)
-    if not 0 <= trial_number < len(study.trials):
-        raise RunError(f"trial {trial_number} does not exist; the study has trials 0..{len(study.trials) - 1}")
     task = RunStore.open(run_dir, "optimize").load_task()
-    pool = study.user_attrs["pool"]
-    trial = study.trials[trial_number]
-    task_params = trial.user_attrs.get("task_params", {})
-    return task, build_program(task, pool, trial.params, task_params), task_params
+    program, task_params = program_of_trial(study, task, trial_number)
+    return task, program, task_params

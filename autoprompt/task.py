@@ -87,6 +87,8 @@ class Task:
         configure: optional ``(program, params) -> program`` applying those parameters to a fresh
             program (e.g. returning a ``dspy.ChainOfThought`` for ``module="cot"``); predictors it
             keeps under their names still get the trial's instruction and demos.
+        feedback: optional ``(example, prediction) -> str``: what GEPA's reflection reads about one
+            answer. Default: the gold and the predicted label (see :meth:`feedback_text`).
         source: where the task was defined (set by :func:`load_task`; used in error messages).
     """
 
@@ -105,6 +107,7 @@ class Task:
         prepare: Callable[[dict], dict] | None = None,
         search_space: Callable[..., dict] | None = None,
         configure: Callable[[Any, dict], Any] | None = None,
+        feedback: Callable[[Any, Any], str] | None = None,
         source: str | None = None,
     ) -> None:
         if not isinstance(name, str) or not name.strip():
@@ -130,6 +133,7 @@ class Task:
         self.prepare = prepare
         self.search_space = search_space
         self.configure = configure
+        self.feedback = feedback
         if (search_space is None) != (configure is None):
             raise TaskError(f"task {name!r} ({self.source}): give search_space and configure together")
         self._examples: dict[str, list[dspy.Example]] = {}
@@ -262,6 +266,29 @@ class Task:
         if trace is None:
             return self.score(example, prediction)
         return self.score(example, prediction) >= 1.0
+
+    def feedback_text(self, example: Any, prediction: Any) -> str:
+        """What GEPA's reflection LM reads about one answer: the task's ``feedback`` if it has one, else
+        the gold and the predicted label (and the declared choices)."""
+        if self.feedback is not None:
+            try:
+                return str(self.feedback(example, prediction))
+            except Exception as exc:
+                raise TaskError(f"the feedback function of task {self.name!r} ({self.source}) raised "
+                                f"{type(exc).__name__}: {exc}; fix it") from exc
+        gold = example[self.label_field]
+        got = getattr(prediction, self.label_field, None) if prediction is not None else None
+        if got is None:
+            return f"The answer could not be read. The correct {self.label_field} is {gold!r}."
+        choices = f" (one of {self.choices})" if self.choices and len(self.choices) <= 20 else ""
+        if self.score(example, prediction) >= 1.0:
+            return f"Correct: the {self.label_field} is {gold!r}."
+        return f"Wrong: the answer was {got!r}, but the correct {self.label_field} is {gold!r}{choices}."
+
+    def gepa_metric(self, gold: Any, pred: Any, trace: Any = None, pred_name: Any = None,
+                    pred_trace: Any = None) -> Any:
+        """The metric as DSPy's GEPA calls it: ``dspy.Prediction(score=, feedback=)``."""
+        return dspy.Prediction(score=self.score(gold, pred), feedback=self.feedback_text(gold, pred))
 
     def validate(self, splits: tuple[str, ...] = SPLITS) -> "Task":
         """Load the splits and run the metric once on a gold answer; raise a named error if not usable."""

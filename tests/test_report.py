@@ -10,7 +10,6 @@ import sys
 import autoprompt
 from autoprompt.report import open_study, trial_rows
 
-from .conftest import TASKS
 
 
 def cli(*args):

@@ -116,3 +116,14 @@ def test_programs_are_saved_atomically_and_redacted(tmp_path):
     loaded = dspy.Predict("text -> label")
     loaded.load(str(store.path / "program.json"))
     assert loaded.demos[0]["label"] == "positive"
+
+
+def test_a_storage_password_in_optimizer_options_never_reaches_config_json(tmp_path):
+    """better_together records its steps' options in config.json; a storage URL's password is masked by value."""
+    from autoprompt.bettertogether import PromptStep
+
+    step = PromptStep("optuna", storage="postgresql+psycopg2://autoprompt:canary-db-pw-7e21@127.0.0.1:9/studies")
+    store = RunStore.create("better-together", path=tmp_path / "bt")
+    store.write_json("config.json", {"steps": {"p": step.options()}})
+    text = (store.path / "config.json").read_text()
+    assert "canary-db-pw-7e21" not in text and "autoprompt:***@127.0.0.1:9/studies" in text

@@ -149,3 +149,21 @@ def test_a_limit_is_a_seeded_sample_stratified_over_the_labels(sst2_dir):
     sentiment = autoprompt.load_task(TASKS / "sentiment.py").examples("dev", limit=100)
     labels = [e.label for e in sentiment]
     assert abs(labels.count("positive") - labels.count("negative")) <= 10  # the split's own label shares
+
+
+def test_feedback_text_for_gepa(small_task):
+    """What GEPA's reflection LM reads about an answer: the gold and the predicted label by default."""
+    import dspy
+
+    example = small_task.examples("train", seed=None)[0]
+    wrong = "negative" if example.label == "positive" else "positive"
+    text = small_task.feedback_text(example, dspy.Prediction(label=wrong))
+    assert text == (f"Wrong: the answer was {wrong!r}, but the correct label is {example.label!r} "
+                    "(one of ['positive', 'negative']).")
+    assert small_task.feedback_text(example, dspy.Prediction(label=example.label)).startswith("Correct")
+    assert "could not be read" in small_task.feedback_text(example, None)
+    scored = small_task.gepa_metric(example, dspy.Prediction(label=example.label))
+    assert scored.score == 1.0 and scored.feedback.startswith("Correct")
+    small_task.feedback = lambda e, p: 1 / 0
+    with pytest.raises(autoprompt.TaskError, match="feedback function .* ZeroDivisionError"):
+        small_task.feedback_text(example, None)

@@ -8,6 +8,8 @@ name               what it runs
 ``bootstrap``      DSPy BootstrapFewShot: :class:`BootstrapFewShot`
 ``random-search``  DSPy BootstrapFewShotWithRandomSearch: :class:`RandomSearch`
 ``mipro``          DSPy MIPROv2: :class:`MIPROv2`
+``gepa``           DSPy GEPA (reflective prompt evolution): :class:`GEPA`
+``simba``          DSPy SIMBA (stochastic mini-batch ascent): :class:`SIMBA`
 =================  =====================================================================
 """
 
@@ -16,25 +18,27 @@ from __future__ import annotations
 from typing import Any
 
 from autoprompt.optimizers._base import BaseOptimizer, Context
-from autoprompt.optimizers._dspy import MIPROv2, BootstrapFewShot, RandomSearch
+from autoprompt.optimizers._dspy import GEPA, SIMBA, MIPROv2, BootstrapFewShot, RandomSearch
 from autoprompt.optimizers._labeled import LabeledFewShot
-from autoprompt.optimizers._optuna import OptunaSearch
+from autoprompt.optimizers.optuna import OptunaSearch
 
 __all__ = [
     "OPTIMIZERS",
     "BaseOptimizer",
     "BootstrapFewShot",
     "Context",
+    "GEPA",
     "LabeledFewShot",
     "MIPROv2",
     "OptunaSearch",
     "RandomSearch",
+    "SIMBA",
     "get_optimizer",
     "optimizer_from_config",
 ]
 
 OPTIMIZERS: dict[str, type[BaseOptimizer]] = {
-    cls.name: cls for cls in (OptunaSearch, LabeledFewShot, BootstrapFewShot, RandomSearch, MIPROv2)
+    cls.name: cls for cls in (OptunaSearch, LabeledFewShot, BootstrapFewShot, RandomSearch, MIPROv2, GEPA, SIMBA)
 }
 
 

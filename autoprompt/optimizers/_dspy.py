@@ -1,4 +1,4 @@
-"""DSPy's own optimizers, run as they are: BootstrapFewShot, its random search, and MIPROv2.
+"""DSPy's own optimizers, run as they are: BootstrapFewShot, its random search, MIPROv2, GEPA and SIMBA.
 
 Errors are bounded, not ignored. DSPy's own ``max_errors`` counts unparsable answers and LM errors
 together, and an exhausted LM budget would count too, so it stays lifted; autoprompt counts the LM
@@ -20,7 +20,7 @@ from dspy.utils.callback import BaseCallback
 from autoprompt._exceptions import AutopromptError, BudgetExhausted, LMError
 from autoprompt.optimizers._base import BaseOptimizer, Context
 
-__all__ = ["BootstrapFewShot", "MIPROv2", "RandomSearch"]
+__all__ = ["GEPA", "SIMBA", "BootstrapFewShot", "MIPROv2", "RandomSearch"]
 
 logger = logging.getLogger(__name__)
 
@@ -217,3 +217,92 @@ class MIPROv2(BaseOptimizer):
                 "(CLI: --proposer-lm), or use optimizer='optuna', which skips such candidates. The "
                 "baseline scores are kept in the run directory."
             ) from exc
+
+
+class GEPA(BaseOptimizer):
+    """DSPy's GEPA: reflective prompt evolution (a reflection LM reads failed answers and rewrites the
+    instruction; candidates kept on a Pareto front over the dev examples).
+
+    Args:
+        max_metric_calls: GEPA's own budget (program runs scored). Default: 6/7 of the run's LM-call
+            budget (the rest is left for the reflection LM's calls), or 300 without one.
+        reflection_minibatch_size, candidate_selection_strategy, use_merge: GEPA's options.
+        max_errors: LM errors allowed before the run stops (see the module docstring).
+
+    The reflection LM is the run's ``proposer_lm`` (default: the task LM; a 135M model writes poor
+    proposals, gepa#170). The metric's feedback is the task's ``feedback(example, prediction)``, else
+    the gold and the predicted label (:meth:`autoprompt.Task.feedback_text`). GEPA's state lives in
+    ``<run_dir>/gepa``: a killed run resumed with ``--resume`` continues GEPA from its last iteration.
+    """
+
+    name = "gepa"
+
+    def __init__(self, max_metric_calls: int | None = None, reflection_minibatch_size: int = 3,
+                 candidate_selection_strategy: str = "pareto", use_merge: bool = True,
+                 max_errors: int | None = None) -> None:
+        self.max_metric_calls = max_metric_calls
+        self.reflection_minibatch_size = reflection_minibatch_size
+        self.candidate_selection_strategy = candidate_selection_strategy
+        self.use_merge = use_merge
+        self.max_errors = max_errors
+
+    def metric_calls(self, context: Context) -> int:
+        """GEPA's ``max_metric_calls`` for this run."""
+        if self.max_metric_calls is not None:
+            return self.max_metric_calls
+        cap = context.meter.budget.max_calls
+        return max(10, cap * 6 // 7) if cap else 300
+
+    def compile(self, program: dspy.Module, task, context: Context) -> dspy.Module:
+        budget = error_budget(self.max_errors, context)
+        log_dir = context.run_dir / "gepa"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        optimizer = dspy.GEPA(
+            metric=task.gepa_metric,
+            max_metric_calls=self.metric_calls(context),
+            reflection_minibatch_size=self.reflection_minibatch_size,
+            candidate_selection_strategy=self.candidate_selection_strategy,
+            reflection_lm=context.proposer_lm or dspy.settings.lm,
+            use_merge=self.use_merge,
+            num_threads=1,
+            log_dir=str(log_dir),
+            seed=context.seed,
+        )
+        return _compile("GEPA", budget, lambda: optimizer.compile(
+            program.deepcopy(), trainset=context.trainset, valset=context.devset))
+
+
+class SIMBA(BaseOptimizer):
+    """DSPy's SIMBA: stochastic mini-batch ascent; the LM writes rules from its own best and worst answers
+    and adds demos.
+
+    Args:
+        bsize: mini-batch size (default: 32, at most the train split).
+        num_candidates, max_steps, max_demos: SIMBA's options (a step costs about
+            ``bsize x (num_candidates + 1)`` program runs).
+        max_errors: LM errors allowed before the run stops (see the module docstring).
+    """
+
+    name = "simba"
+
+    def __init__(self, bsize: int | None = None, num_candidates: int = 6, max_steps: int = 8, max_demos: int = 4,
+                 max_errors: int | None = None) -> None:
+        self.bsize = bsize
+        self.num_candidates = num_candidates
+        self.max_steps = max_steps
+        self.max_demos = max_demos
+        self.max_errors = max_errors
+
+    def compile(self, program: dspy.Module, task, context: Context) -> dspy.Module:
+        budget = error_budget(self.max_errors, context)
+        optimizer = dspy.SIMBA(
+            metric=task.dspy_metric,
+            bsize=min(self.bsize or 32, len(context.trainset)),
+            num_candidates=self.num_candidates,
+            max_steps=self.max_steps,
+            max_demos=self.max_demos,
+            prompt_model=context.proposer_lm,
+            num_threads=1,
+        )
+        return _compile("SIMBA", budget, lambda: optimizer.compile(
+            program.deepcopy(), trainset=context.trainset, seed=context.seed))

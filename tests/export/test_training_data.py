@@ -183,3 +183,12 @@ def test_dedupe_removes_repeated_rows(small_task):
     assert kept.counts["duplicates"] == 6 and kept.counts["records"] == 6 and len(kept.train) == 6
     both = compile_training_data(program, doubled, answers="gold", dedupe=False, progress=False)
     assert both.counts["duplicates"] == 0 and len(both.train) == 12
+
+
+def test_rollout_seeds_differ_per_example_and_round(small_task):
+    from autoprompt.export._training import rollout_seed
+
+    examples = small_task.examples("train", seed=None)[:20]
+    seeds = {rollout_seed(0, e, r) for e in examples for r in (2, 3, 4)}
+    assert len(seeds) == 60  # independent draws, not one per round
+    assert rollout_seed(0, examples[0], 2) == rollout_seed(0, examples[0], 2) != rollout_seed(1, examples[0], 2)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dspy
 import pytest
 
-import autoprompt
 from autoprompt import BudgetExhausted, LMError
 from autoprompt.evaluate import evaluate_program
 from autoprompt.lms import LlamaCppEngine, build_lm, smollm2_path

@@ -15,6 +15,8 @@ SMALL_OPTIONS = {
     "mipro": {"auto": None, "num_candidates": 2, "num_trials": 2, "max_bootstrapped_demos": 1,
               "max_labeled_demos": 1, "minibatch_size": 4},
     "optuna": {"n_trials": 3, "n_instructions": 1, "n_demo_sets": 2, "max_demos": 2, "minibatches": (3,)},
+    "gepa": {"max_metric_calls": 24, "reflection_minibatch_size": 2},
+    "simba": {"bsize": 4, "num_candidates": 2, "max_steps": 1, "max_demos": 1},
 }
 
 
@@ -90,3 +92,22 @@ def test_dspy_optimizers_stop_past_their_lm_error_budget(small_task, tmp_path):
     optimizer = get_optimizer("bootstrap", max_bootstrapped_demos=2, max_labeled_demos=0, max_errors=5)
     with pytest.raises(LMError, match=r"BootstrapFewShot: \d+ LM calls failed \(more than max_errors=5\)"):
         run(optimizer, small_task, make_context(small_task, tmp_path), dead)
+
+
+def test_gepa_reflects_with_the_tasks_feedback_and_keeps_its_state_in_the_run(lm, small_task, tmp_path):
+    """GEPA by name: its metric gives the reflection LM the task's feedback text, its budget is its own
+    max_metric_calls (6/7 of the run's LM calls by default), and its state is in <run_dir>/gepa (resumable)."""
+    seen = []
+
+    def feedback(example, prediction):
+        seen.append(example.label)
+        return f"the review is {example.label}"
+
+    small_task.feedback = feedback
+    optimizer = get_optimizer("gepa", reflection_minibatch_size=2)
+    context = make_context(small_task, tmp_path, Budget(max_calls=35))
+    assert optimizer.metric_calls(context) == 30
+    _, compiled = run(optimizer, small_task, context, lm)
+    assert isinstance(compiled, dspy.Module) and seen, "GEPA never asked for the task's feedback"
+    assert any((tmp_path / "gepa").iterdir()), "GEPA wrote no state into the run directory"
+    assert 0 < context.meter.calls <= 35

@@ -12,7 +12,7 @@ import time
 import optuna
 import pytest
 
-from autoprompt.optimizers._optuna import stratified_sample
+from autoprompt.optimizers.optuna import stratified_sample
 
 from ..conftest import TASKS
 

@@ -1,0 +1,23 @@
+"""autoprompt's own search: an Optuna study over instructions, demo sets, demo counts and decoding.
+
+1. A candidate pool is built once and stored in the study (``study.user_attrs["pool"]``): per
+   predictor, the original instruction plus instructions the proposer LM writes (a candidate it
+   cannot produce is skipped and counted), and demo sets: labelled samples of the train split and
+   demos bootstrapped from the program's own passing traces.
+2. Each trial samples ``<predictor>.instruction``, ``<predictor>.demo_set``, ``<predictor>.n_demos``
+   (and ``temperature``, and the task's own ``search_space``) and is scored on growing minibatches of
+   the dev split, reporting each as an intermediate value so that the pruner stops weak candidates.
+3. The study lives in a storage URL (SQLite in the run directory by default), so a killed run
+   resumes with every finished trial, and several workers can share it.
+
+The package: ``_pool`` (the candidate pool), ``_trial`` (one trial: its program and score), ``_study``
+(:class:`OptunaSearch`). Readers of a run (report, worker, ``export --trial``) use the public hooks
+:func:`load_pool` and :func:`program_of_trial`.
+"""
+
+from autoprompt.optimizers.optuna._pool import POOL_VERSION, build_pool, load_pool, stratified_sample
+from autoprompt.optimizers.optuna._study import OptunaSearch
+from autoprompt.optimizers.optuna._trial import build_program, program_of_trial
+
+__all__ = ["OptunaSearch", "POOL_VERSION", "build_pool", "build_program", "load_pool", "program_of_trial",
+           "stratified_sample"]

@@ -1,0 +1,219 @@
+"""The study: :class:`OptunaSearch`, the optimizer that opens (or joins) an Optuna study and runs trials."""
+
+from __future__ import annotations
+
+import logging
+import random
+import warnings
+from typing import Any
+
+import dspy
+
+from autoprompt.optimizers._base import BaseOptimizer, Context
+from autoprompt.optimizers.optuna._pool import build_pool
+from autoprompt.optimizers.optuna._trial import build_program, run_trial
+
+__all__ = ["OptunaSearch"]
+
+logger = logging.getLogger(__name__)
+
+
+class OptunaSearch(BaseOptimizer):
+    """Bayesian search (Optuna TPE) with pruning over the whole prompt space.
+
+    Args:
+        n_trials: trials to run in total (a resumed study counts the trials it already has).
+        max_demos: most demos per predictor.
+        n_demo_sets: demo sets per predictor in the pool (half labelled, half bootstrapped).
+        n_instructions: instructions to ask the proposer LM for, besides the original.
+        minibatches: sizes of the growing dev minibatches a trial is scored on; the last step is
+            always the whole search dev set.
+        max_dev: score trials on at most this many dev examples (a seeded sample); the winner is
+            then confirmed on the whole dev split by :func:`autoprompt.optimize`.
+        pruner: ``"median"``, ``"wilcoxon"`` or ``"none"`` (an Optuna pruner object works too).
+        temperatures: decoding temperatures to search (one value = not searched).
+        storage: an Optuna storage URL; default ``sqlite:///<run_dir>/study.db``.
+        study_name: the study's name in the storage.
+        jobs: trials run concurrently in this process.
+        multi_objective: also minimise prompt tokens; the result keeps the Pareto front.
+
+    Example:
+        >>> OptunaSearch(n_trials=8).name
+        'optuna'
+    """
+
+    name = "optuna"
+
+    def __init__(
+        self,
+        n_trials: int = 16,
+        max_demos: int = 4,
+        n_demo_sets: int = 4,
+        n_instructions: int = 2,
+        minibatches: tuple[int, ...] = (20, 50),
+        max_dev: int | None = 100,
+        pruner: Any = "median",
+        temperatures: tuple[float, ...] = (0.0,),
+        storage: str | None = None,
+        study_name: str = "autoprompt",
+        jobs: int = 1,
+        multi_objective: bool = False,
+    ) -> None:
+        self.n_trials = n_trials
+        self.max_demos = max_demos
+        self.n_demo_sets = n_demo_sets
+        self.n_instructions = n_instructions
+        self.minibatches = tuple(minibatches)
+        self.max_dev = max_dev
+        self.pruner = pruner
+        self.temperatures = tuple(temperatures)
+        self.storage = storage
+        if storage:
+            from autoprompt._secrets import register_url
+
+            register_url(storage)  # its password, redacted by value from every file and log line
+        self.study_name = study_name
+        self.jobs = jobs
+        self.multi_objective = multi_objective
+
+    def options(self) -> dict[str, Any]:
+        out = super().options()
+        out["pruner"] = self.pruner if isinstance(self.pruner, str) else type(self.pruner).__name__
+        if self.storage:  # never write a database password into the run's files
+            from sqlalchemy.engine import make_url
+
+            out["storage"] = make_url(self.storage).render_as_string(hide_password=True)
+        return out
+
+    # -- the study ---------------------------------------------------------------------------
+    def _make_pruner(self) -> Any:
+        import optuna
+
+        if not isinstance(self.pruner, str):
+            return self.pruner
+        if self.multi_objective or self.pruner == "none":
+            return optuna.pruners.NopPruner()
+        if self.pruner == "median":
+            return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+        if self.pruner == "wilcoxon":
+            with warnings.catch_warnings():  # "experimental" in Optuna
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.pruners.WilcoxonPruner(p_threshold=0.1)
+        raise ValueError(f"pruner must be 'median', 'wilcoxon', 'none' or an optuna pruner, got {self.pruner!r}")
+
+    def _per_example_reports(self) -> bool:
+        import optuna
+
+        pruner = self.pruner if not isinstance(self.pruner, str) else None
+        return self.pruner == "wilcoxon" or isinstance(pruner, optuna.pruners.WilcoxonPruner)
+
+    def storage_url(self, context: Context) -> str:
+        return self.storage or f"sqlite:///{context.run_dir / 'study.db'}"
+
+    def open_study(self, context: Context) -> Any:
+        import optuna
+
+        directions = ["maximize", "minimize"] if self.multi_objective else ["maximize"]
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and what we need
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(
+                self.storage_url(context),
+                heartbeat_interval=15,
+                grace_period=60,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+            )
+        return optuna.create_study(
+            storage=storage,
+            study_name=self.study_name,
+            directions=directions,
+            sampler=optuna.samplers.TPESampler(seed=context.seed + 1000 * context.worker, multivariate=True),
+            pruner=self._make_pruner(),
+            load_if_exists=True,
+        )
+
+    def compile(self, program: dspy.Module, task: Any, context: Context) -> dspy.Module:
+        self.run_trials(program, task, context)
+        return self.best_program(task)
+
+    def run_trials(self, program: dspy.Module, task: Any, context: Context) -> Any:
+        """Open (or join) the study, build or reuse the candidate pool, run trials until the study
+        holds ``n_trials`` finished ones. Several processes may run this on one storage."""
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = self.open_study(context)
+        pool = study.user_attrs.get("pool")
+        if pool is None:
+            pool = build_pool(program, task, context, max_demos=self.max_demos, n_demo_sets=self.n_demo_sets,
+                              n_instructions=self.n_instructions)
+            latest = optuna.load_study(study_name=self.study_name, storage=study._storage).user_attrs.get("pool")
+            if latest is None:
+                study.set_user_attr("pool", pool)
+            else:  # another worker stored its pool first: everyone uses that one
+                pool = latest
+        else:
+            logger.info("reusing the candidate pool stored in the study")
+        if context.resume:
+            # trials left RUNNING by a killed process will never finish: mark them failed now
+            for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+                study._storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
+                logger.warning("trial %d was left running by a killed process; marked failed", trial.number)
+        self.study_ = study
+        self.pool_ = pool
+        order = list(range(len(context.devset)))
+        random.Random(context.seed).shuffle(order)
+        devset = [context.devset[i] for i in order][: self.max_dev]
+        steps = sorted({min(s, len(devset)) for s in self.minibatches} | {len(devset)})
+
+        # Optuna runs n_jobs > 1 trials in its own threads, which do not see this thread's DSPy context
+        settings = {"lm": dspy.settings.lm, "adapter": dspy.settings.adapter,
+                    "usage_tracker": dspy.settings.usage_tracker}
+
+        def objective(trial: Any) -> Any:
+            with dspy.context(**settings):
+                return run_trial(trial, task, pool, devset, steps, context, max_demos=self.max_demos,
+                                 temperatures=self.temperatures, multi_objective=self.multi_objective,
+                                 per_example=self._per_example_reports())
+
+        finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        done = len(study.get_trials(deepcopy=False, states=finished))
+        remaining = max(0, self.n_trials - done)
+        logger.info("study %r: %d trials done, %d to run", self.study_name, done, remaining)
+        if remaining:
+            study.optimize(
+                objective,
+                n_trials=remaining,
+                n_jobs=self.jobs,
+                callbacks=[_stop_on_budget(context), optuna.study.MaxTrialsCallback(self.n_trials, states=finished)],
+                show_progress_bar=context.progress,
+            )
+        return study
+
+    def best_program(self, task: Any, trial_number: int | None = None) -> dspy.Module:
+        """The program of the best trial (or of ``trial_number``, e.g. a point of the Pareto front)."""
+        import optuna
+
+        study = self.study_
+        complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if trial_number is not None:
+            trial = study.trials[trial_number]
+        elif not complete:
+            logger.warning("no trial completed; keeping the original program")
+            return task.make_program()
+        elif self.multi_objective:
+            trial = max(study.best_trials, key=lambda t: t.values[0])
+        else:
+            trial = study.best_trial
+        self.best_trial_ = trial.number
+        self.task_params_ = trial.user_attrs.get("task_params", {})
+        return build_program(task, self.pool_, trial.params, self.task_params_)
+
+
+def _stop_on_budget(context: Context):
+    def callback(study: Any, trial: Any) -> None:
+        reason = context.meter.exhausted()
+        if reason is not None:
+            logger.warning("stopping the search: budget spent (%s); keeping the best so far", reason)
+            study.stop()
+
+    return callback

@@ -1,0 +1,146 @@
+"""One trial of the search: the program its parameters stand for, and its score on growing minibatches."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import dspy
+
+from autoprompt._exceptions import BudgetExhausted, LMError
+from autoprompt.evaluate import MAX_ERROR_SHARE, MAX_LEADING_ERRORS, run_one
+from autoprompt.optimizers._base import Context
+
+__all__ = ["build_program", "program_of_trial", "run_trial", "suggest"]
+
+logger = logging.getLogger(__name__)
+
+
+def build_program(task: Any, pool: dict, params: dict[str, Any], task_params: dict | None = None) -> dspy.Module:
+    """The program a trial's parameters stand for: ``params`` are autoprompt's own (instruction, demo
+    set, number of demos, temperature), ``task_params`` what the task's ``search_space`` returned."""
+    program = task.make_program()
+    if task.configure is not None and task_params:
+        program = task.configure(program, dict(task_params))
+    for name, predictor in program.named_predictors():
+        cands = pool["predictors"].get(name)
+        if cands is None:  # a predictor the task's configure() added: left as it is
+            continue
+        instruction = cands["instructions"][params.get(f"{name}.instruction", 0)]
+        predictor.signature = predictor.signature.with_instructions(instruction)
+        n_demos = params.get(f"{name}.n_demos", 0)
+        demo_set = cands["demo_sets"][params.get(f"{name}.demo_set", 0)] if cands["demo_sets"] else []
+        predictor.demos = [dspy.Example(**d) for d in demo_set[:n_demos]]
+        temperature = params.get("temperature")
+        if temperature:
+            predictor.config = {**predictor.config, "temperature": temperature}
+    return program
+
+
+def program_of_trial(study: Any, task: Any, trial_number: int) -> tuple[dspy.Module, dict[str, Any]]:
+    """``(program, task_params)`` of one trial of a study (e.g. a point of the Pareto front): what
+    ``autoprompt export --trial`` and the report rebuild."""
+    from autoprompt._exceptions import RunError
+    from autoprompt.optimizers.optuna._pool import load_pool
+
+    if not 0 <= trial_number < len(study.trials):
+        raise RunError(f"trial {trial_number} does not exist; the study has trials 0..{len(study.trials) - 1}")
+    trial = study.trials[trial_number]
+    task_params = trial.user_attrs.get("task_params", {})
+    return build_program(task, load_pool(study), trial.params, task_params), task_params
+
+
+def suggest(trial: Any, task: Any, pool: dict, *, max_demos: int, temperatures: tuple[float, ...]
+            ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Sample a trial's parameters: per predictor an instruction, a demo set and a number of demos, the
+    temperature (when several are searched) and the task's own ``search_space``."""
+    params: dict[str, Any] = {}
+    for name, cands in pool["predictors"].items():
+        params[f"{name}.instruction"] = trial.suggest_categorical(
+            f"{name}.instruction", list(range(len(cands["instructions"])))
+        )
+        if cands["demo_sets"] and max_demos > 0:
+            params[f"{name}.demo_set"] = trial.suggest_categorical(
+                f"{name}.demo_set", list(range(len(cands["demo_sets"])))
+            )
+            params[f"{name}.n_demos"] = trial.suggest_int(f"{name}.n_demos", 0, max_demos)
+    if len(temperatures) > 1:
+        params["temperature"] = trial.suggest_categorical("temperature", list(temperatures))
+    task_params = task.search_space(trial) if task.search_space is not None else {}
+    trial.set_user_attr("task_params", task_params)
+    return params, task_params
+
+
+def run_trial(trial: Any, task: Any, pool: dict, devset: list, steps: list[int], context: Context, *,
+              max_demos: int, temperatures: tuple[float, ...], multi_objective: bool, per_example: bool) -> Any:
+    """Score one trial's program on growing minibatches of ``devset`` (reporting each to the pruner), record
+    what it cost in the trial's user attributes, and return its score (and prompt tokens when multi-objective)."""
+    import optuna
+
+    params, task_params = suggest(trial, task, pool, max_demos=max_demos, temperatures=temperatures)
+    program = build_program(task, pool, params, task_params)
+    before = context.meter.snapshot()
+    started = time.monotonic()
+    total = 0.0
+    done = 0
+    failures = errors = 0
+    pruned = False
+    boundaries = set(steps)
+    try:
+        for i, example in enumerate(devset):
+            prediction, failure = run_one(program, example)
+            failures += failure is not None
+            if failure is not None and failure != "parse":
+                errors += 1
+                if errors < i + 1:  # after a success: the server fails now and then (leading ones raise)
+                    logger.warning("trial %d: LM error on dev example %d: %s", trial.number, i, failure)
+                if errors == i + 1 and errors >= MAX_LEADING_ERRORS:  # the LM is down, not the prompt bad
+                    raise LMError(f"the LM failed on the first {errors} dev examples of trial {trial.number}; "
+                                  f"last {failure}. Check the LM; --resume continues the study")
+            value = task.score(example, prediction)
+            total += value
+            done = i + 1
+            if multi_objective:
+                continue
+            if per_example:  # WilcoxonPruner compares trials example by example
+                trial.report(value, step=i)
+            if done in boundaries:
+                if not per_example:  # other pruners compare running means at each minibatch
+                    trial.report(total / done, step=done)
+                if done < len(devset) and trial.should_prune():
+                    pruned = True
+                    break
+    except BudgetExhausted as exc:
+        logger.info("trial %d stopped: %s", trial.number, exc)
+        trial.set_user_attr("budget_exhausted", True)
+        trial.study.stop()
+        pruned = True
+    after = context.meter.snapshot()
+    prompt_tokens = _prompt_tokens(program, task, devset[0])
+    trial.set_user_attr("lm_calls", after["lm_calls"] - before["lm_calls"])
+    trial.set_user_attr("tokens", after["tokens"] - before["tokens"])
+    trial.set_user_attr("seconds", round(time.monotonic() - started, 3))
+    trial.set_user_attr("examples", done)
+    trial.set_user_attr("failures", failures)
+    trial.set_user_attr("lm_errors", errors)
+    trial.set_user_attr("prompt_tokens", prompt_tokens)
+    trial.set_user_attr("score_so_far", total / done if done else 0.0)
+    if errors >= MAX_LEADING_ERRORS and errors > MAX_ERROR_SHARE * done:
+        raise LMError(f"the LM failed on {errors} of {done} dev examples of trial {trial.number} (more than "
+                      f"{MAX_ERROR_SHARE:.0%}); its score would measure the server: check the LM, then --resume")
+    if pruned:
+        raise optuna.TrialPruned()
+    score = total / done
+    return (score, prompt_tokens) if multi_objective else score
+
+
+def _prompt_tokens(program: dspy.Module, task: Any, example: dspy.Example) -> int:
+    """Tokens of the prompt the program sends for one example (all predictors, chars/4 estimate)."""
+    adapter = dspy.settings.adapter or dspy.JSONAdapter()
+    chars = 0
+    for _, predictor in program.named_predictors():
+        inputs = {k: example[k] for k in predictor.signature.input_fields if k in example}
+        messages = adapter.format(predictor.signature, predictor.demos, inputs)
+        chars += sum(len(str(m.get("content", ""))) for m in messages)
+    return chars // 4
