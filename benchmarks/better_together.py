@@ -190,7 +190,8 @@ def report() -> str:
         "zero-shot program on the fine-tuned LM re-scores from the cache, hence its short step time). "
         "'step min' is the step's wall time including its scoring on dev and test. Sides: `autoprompt` = the "
         "defaults; `recipe-v1` = cells of the previous w recipe (greedy traces only, LoRA learning rate 1e-3), kept "
-        "for comparison; `rounds-N` = w with max_rounds=N; `gold` = w on gold labels (the recipe's ceiling "
+        "for comparison; `shared-seed` = cells of the sampling rounds as first committed (one seed per round for "
+        "every example, a bug fixed since; lr 3e-3); `rounds-N` = w with max_rounds=N; `gold` = w on gold labels (the recipe's ceiling "
         "at that data size; its seed-0 cells used learning rate 1e-3).",
         "",
     ]

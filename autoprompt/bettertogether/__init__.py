@@ -282,11 +282,11 @@ def better_together(
             step = _load_step(step_store, task)
             logger.info("BetterTogether step %r: finished earlier, loaded from %s", name, folder)
         else:
-            t0 = time.monotonic()
-            if not parts:
+            parent = run(parts[:-1]) if parts else None
+            t0 = time.monotonic()  # after the parent: a step's time is its own
+            if parent is None:
                 state = State(task.make_program(), base)
             else:
-                parent = run(parts[:-1])
                 logger.info("BetterTogether step %r (from %r)", name, parent.strategy)
                 context = StepContext(task, folder, seed=seed, progress=progress, limits=limits, resume=resume,
                                       name=name, parent=parent.strategy)
