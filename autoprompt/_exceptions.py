@@ -14,6 +14,8 @@ Every error names what was wrong (file, field, value) and how to fix it.
 
 from __future__ import annotations
 
+from typing import Iterator, TypeVar
+
 __all__ = [
     "AutopromptError",
     "BudgetExhausted",
@@ -25,7 +27,11 @@ __all__ = [
     "OptionError",
     "RunError",
     "TaskError",
+    "causes",
+    "find_cause",
 ]
+
+E = TypeVar("E", bound=BaseException)
 
 
 class AutopromptError(Exception):
@@ -75,3 +81,17 @@ class MissingExtraError(AutopromptError, ImportError):
 
 class RunError(AutopromptError):
     """A run directory is missing, or lacks a file a command needs."""
+
+
+def causes(exc: BaseException | None) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it was raised from or during (``__cause__`` / ``__context__``), once each."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        yield exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+
+
+def find_cause(exc: BaseException | None, kind: type[E]) -> E | None:
+    """The first exception of type ``kind`` in ``exc``'s chain (see :func:`causes`), or None."""
+    return next((e for e in causes(exc) if isinstance(e, kind)), None)

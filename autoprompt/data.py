@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-from autoprompt._exceptions import DataError
+from autoprompt._exceptions import DataError, causes
 
 if TYPE_CHECKING:
     import datasets
@@ -119,9 +119,7 @@ def _load_file(path: Path) -> "datasets.Dataset":
     try:
         return datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as exc:  # datasets raises many types for a malformed file: name the innermost cause
-        cause: BaseException = exc
-        while cause.__cause__ is not None or cause.__context__ is not None:
-            cause = cause.__cause__ or cause.__context__  # type: ignore[assignment]
+        cause = list(causes(exc))[-1]
         detail = f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
         raise DataError(f"{path}: cannot be read as {builder} ({detail}); fix the file or pass another "
                         "path") from exc

@@ -15,7 +15,7 @@ from typing import Any
 import dspy
 from dspy.utils.exceptions import AdapterParseError
 
-from autoprompt._exceptions import AutopromptError, BudgetExhausted, LMError
+from autoprompt._exceptions import AutopromptError, BudgetExhausted, LMError, find_cause
 
 __all__ = ["Evaluation", "evaluate_program", "run_one"]
 
@@ -69,16 +69,6 @@ def failure_text(records: list[dict[str, Any]]) -> str:
     return next((r["failure"] for r in reversed(records) if r["failure"] not in (None, "parse")), "none")
 
 
-def _cause(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, kind):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
 def run_one(program: dspy.Module, example: dspy.Example) -> tuple[Any, str | None]:
     """Run the program on one example: ``(prediction, None)`` or ``(None, failure kind)``.
 
@@ -88,13 +78,13 @@ def run_one(program: dspy.Module, example: dspy.Example) -> tuple[Any, str | Non
     try:
         return program(**example.inputs()), None
     except Exception as exc:
-        budget = _cause(exc, BudgetExhausted)
+        budget = find_cause(exc, BudgetExhausted)
         if budget is not None:
             raise budget
-        own = _cause(exc, AutopromptError)
+        own = find_cause(exc, AutopromptError)
         if own is not None and not isinstance(own, LMError):
             raise own
-        if _cause(exc, AdapterParseError) is not None:
+        if find_cause(exc, AdapterParseError) is not None:
             logger.debug("parse failure: %s", exc)
             return None, "parse"
         logger.debug("LM error: %r", exc)

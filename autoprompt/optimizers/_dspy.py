@@ -17,7 +17,7 @@ from typing import Any
 import dspy
 from dspy.utils.callback import BaseCallback
 
-from autoprompt._exceptions import AutopromptError, BudgetExhausted, LMError
+from autoprompt._exceptions import AutopromptError, BudgetExhausted, LMError, causes, find_cause
 from autoprompt.optimizers._base import BaseOptimizer, Context
 
 __all__ = ["GEPA", "SIMBA", "BootstrapFewShot", "MIPROv2", "RandomSearch"]
@@ -46,7 +46,7 @@ class _LMErrors(BaseCallback):
         self._lock = threading.Lock()
 
     def on_lm_end(self, call_id: str, outputs: Any, exception: Exception | None = None) -> None:
-        if exception is None or _has(exception, BudgetExhausted):
+        if exception is None or find_cause(exception, BudgetExhausted) is not None:
             return
         with self._lock:
             self.count += 1
@@ -64,7 +64,7 @@ def _compile(name: str, budget: int, run: Any) -> dspy.Module:
     except AutopromptError:
         raise
     except Exception as exc:
-        if counter.count > budget or (_is_lm_failure(exc) and not _has(exc, BudgetExhausted)):
+        if counter.count > budget or (_is_lm_failure(exc) and not find_cause(exc, BudgetExhausted) is not None):
             raise LMError(f"DSPy's {name} stopped: {type(exc).__name__}: {exc}; {counter.count} LM errors, last "
                           f"{counter.last}. Check the LM (see run.log)") from exc
         raise
@@ -75,28 +75,15 @@ def _compile(name: str, budget: int, run: Any) -> dspy.Module:
     return program
 
 
-def _has(exc: BaseException | None, kind: type[BaseException]) -> bool:
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, kind):
-            return True
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
 def _is_lm_failure(exc: BaseException) -> bool:
     """An LM call or answer that failed (what DSPy re-raises, or its parallel executor's "cancelled")."""
     from dspy.utils.exceptions import AdapterParseError
 
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        module = type(exc).__module__.split(".")[0]
-        if isinstance(exc, (AdapterParseError, LMError, ConnectionError, TimeoutError)) or \
-                module in ("litellm", "openai", "httpx", "httpcore") or "Execution cancelled due to errors" in str(exc):
+    for cause in causes(exc):
+        module = type(cause).__module__.split(".")[0]
+        if isinstance(cause, (AdapterParseError, LMError, ConnectionError, TimeoutError)) or \
+                module in ("litellm", "openai", "httpx", "httpcore") or "Execution cancelled due to errors" in str(cause):
             return True
-        exc = exc.__cause__ or exc.__context__
     return False
 
 
