@@ -80,7 +80,7 @@ def step_cell(step: Any, *, task: str, seed: int, side: str, settings: dict[str,
         "task": task, "seed": seed, "side": side, "strategy": step.strategy,
         "scores": {s: {"score": e.score, "n": e.n, "errors": e.errors, "parse_failures": e.parse_failures}
                    for s, e in step.evaluations.items()},
-        "seconds": round(step.seconds, 1), "details": details,
+        "seconds": round(step.seconds, 1), "fit_seconds": round(step.fit_seconds, 1), "details": details,
         "lm": "local" + (" + LoRA adapter" if step.lm.adapter else ""),
         "settings": settings, "command": command, "cache": "own LM cache per task, seed and side, empty at its start",
     }
@@ -188,8 +188,11 @@ def report() -> str:
         "Each side and seed ran with its own LM cache, empty when it started; within a side, a step that sends "
         "the same prompt to the same LM as an earlier step gets the cached answer (e.g. a final p that keeps the "
         "zero-shot program on the fine-tuned LM re-scores from the cache, hence its short step time). "
-        "'step min' is the step's wall time including its scoring on dev and test. Sides: `autoprompt` = the "
-        "defaults; `recipe-v1` = cells of the previous w recipe (greedy traces only, LoRA learning rate 1e-3), kept "
+        "'step min' is the step's wall time including its scoring on dev and test; 'fit min' the part before "
+        "scoring (the p search; the w step's tracing, fine-tuning and validation). Sides: `autoprompt` = the "
+        "defaults; `recipe-v2` = cells of the w recipe before early stopping (sampling rounds, lr 3e-3, every "
+        "planned LoRA step; its iris cells are under `autoprompt`: no validation share there, so early stopping "
+        "does not apply); `recipe-v1` = cells of the previous w recipe (greedy traces only, LoRA learning rate 1e-3), kept "
         "for comparison; `shared-seed` = cells of the sampling rounds as first committed (one seed per round for "
         "every example, a bug fixed since; lr 3e-3); `rounds-N` = w with max_rounds=N; `gold` = w on gold labels (the recipe's ceiling "
         "at that data size; its seed-0 cells used learning rate 1e-3).",
@@ -203,8 +206,8 @@ def report() -> str:
                   f"{s['dev_limit']}, test {s['test_limit']}; p capped at {s['calls']} LM calls; w max_traces "
                   f"{s['max_traces']}. Command: `{mine[0]['command']}`.", ""]
         seeds = sorted({c["seed"] for c in mine})
-        lines += ["| side | strategy | " + " | ".join(f"test s{x}" for x in seeds) + " | test mean | dev mean | step min (mean) |",
-                  "|---|---|" + "---:|" * (len(seeds) + 3)]
+        lines += ["| side | strategy | " + " | ".join(f"test s{x}" for x in seeds) + " | test mean | dev mean | step min (mean) | fit min (mean) |",
+                  "|---|---|" + "---:|" * (len(seeds) + 4)]
         keys = sorted({(c["side"], c["strategy"]) for c in mine},
                       key=lambda k: (k[0] != "autoprompt", k[0], ORDER.index(k[1]) if k[1] in ORDER else 99, k[1]))
         for side, strategy in keys:
@@ -212,6 +215,7 @@ def report() -> str:
             tests = [by_seed[x]["scores"]["test"]["score"] for x in seeds if x in by_seed and "test" in by_seed[x]["scores"]]
             devs = [by_seed[x]["scores"]["dev"]["score"] for x in seeds if x in by_seed and "dev" in by_seed[x]["scores"]]
             mins = [by_seed[x]["seconds"] / 60 for x in seeds if x in by_seed]
+            fits = [by_seed[x]["fit_seconds"] / 60 for x in seeds if x in by_seed and "fit_seconds" in by_seed[x]]
             cells_txt = [f"{100 * by_seed[x]['scores']['test']['score']:.1f}" if x in by_seed and "test" in
                          by_seed[x]["scores"] else "-" for x in seeds]
             cells_txt = [("error" if by_seed[x].get("error") else c) if x in by_seed else c
@@ -219,7 +223,7 @@ def report() -> str:
             mean = lambda v: f"{100 * statistics.mean(v):.1f}" if v else "-"  # noqa: E731
             label = "w on gold labels" if (side, strategy) == ("gold", "g") else strategy
             lines.append(f"| {side} | {label} | " + " | ".join(cells_txt) + f" | {mean(tests)} | {mean(devs)} | "
-                         f"{statistics.mean(mins):.1f} |")
+                         f"{statistics.mean(mins):.1f} | {f'{statistics.mean(fits):.1f}' if fits else '-'} |")
         w_notes = []
         for c in sorted(mine, key=lambda c: (c["seed"], c["side"], c["strategy"])):
             ft, labels = c["details"].get("finetune"), c["details"].get("labels")
@@ -229,7 +233,8 @@ def report() -> str:
             w_notes.append(
                 f"- s{c['seed']} {c['side']} `{c['strategy']}`: kept {labels.get('kept')}, dropped to balance "
                 f"{labels.get('dropped_balance')}, missing {labels.get('missing')}; LoRA {ft['examples']} examples, "
-                f"{ft['steps']} steps, best step {best.get('step')} (val acc {best.get('val_accuracy')}, base "
+                f"{ft['steps']} of {ft.get('planned_steps', ft['steps'])} steps"
+                f"{' (early stop)' if ft.get('stopped_early') else ''}, best step {best.get('step')} (val acc {best.get('val_accuracy')}, base "
                 f"{ft.get('val_accuracy_base')}), {ft['train_seconds'] / 60:.1f} min training at "
                 f"{ft['tokens_per_second']:.0f} tokens/s ({ft['dtype']})")
         errors = [f"- s{c['seed']} {c['side']} `{c['strategy']}`: {c['error']}" for c in mine if c.get("error")]

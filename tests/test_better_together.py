@@ -56,6 +56,7 @@ def test_cli_runs_strategies_sharing_prefixes_and_keeps_every_step(tmp_path) -> 
     assert all(r["n"] == {"dev": 8, "test": 6} for r in results["rows"])
     # a step's time is its own (p -> w ran p first in this call: p's time is not counted twice)
     assert sum(r["seconds"] for r in results["rows"]) <= results["seconds"] + 1
+    assert all(0 < r["fit_seconds"] <= r["seconds"] for r in results["rows"] if r["strategy"] != "vanilla")
     log = (run / "run.log").read_text()
     assert log.count("BetterTogether step 'p' (from 'vanilla')") == 1  # the shared prefix ran once
     assert (run / "steps" / "p" / "run" / "study.db").is_file()

@@ -92,6 +92,8 @@ class Step:
         details: what the step did: the ``p`` run's directory and usage, or the ``w`` step's
             training-data counts and label histogram and the fine-tuning metrics.
         seconds: wall time of the step (scoring included).
+        fit_seconds: the part of ``seconds`` spent making the program and LM (a ``p`` search, a ``w``
+            step's tracing and fine-tuning), before scoring them on dev and test.
         path: the step's folder.
     """
 
@@ -101,6 +103,7 @@ class Step:
     evaluations: dict[str, Evaluation] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    fit_seconds: float = 0.0
     path: Path | None = None
     resumed: bool = False
 
@@ -115,6 +118,7 @@ class Step:
             "scores": {s: e.to_dict() for s, e in sorted(self.evaluations.items())},
             "details": self.details,
             "seconds": round(self.seconds, 1),
+            "fit_seconds": round(self.fit_seconds, 1),
         }
 
 
@@ -162,15 +166,17 @@ class BetterTogetherResult:
                 "errors": {split: ev.errors + ev.parse_failures for split, ev in step.evaluations.items()},
                 "lm": str(step.lm),
                 "seconds": round(step.seconds, 1),
+                "fit_seconds": round(step.fit_seconds, 1),
             })
         return out
 
     def table(self) -> str:
-        """A markdown table: strategy, dev %, test %, step wall time."""
-        lines = [f"| strategy ({self.task.name}) | dev % | test % | step s |", "|---|---:|---:|---:|"]
+        """A markdown table: strategy, dev %, test %, step wall time and the part of it before scoring."""
+        lines = [f"| strategy ({self.task.name}) | dev % | test % | step s | fit s |", "|---|---:|---:|---:|---:|"]
         for row in self.rows():
             cells = [f"{100 * row[s]:.1f}" if row[s] is not None else "-" for s in ("dev", "test")]
-            lines.append(f"| {row['label']} | {cells[0]} | {cells[1]} | {row['seconds']:.0f} |")
+            lines.append(f"| {row['label']} | {cells[0]} | {cells[1]} | {row['seconds']:.0f} "
+                         f"| {row['fit_seconds']:.0f} |")
         return "\n".join(lines)
 
     def save(self) -> None:
@@ -293,7 +299,7 @@ def better_together(
                 state = letters[parts[-1]].run(State(parent.program, parent.lm), context)
             evaluations = state.details.pop("evaluations", {}) if state.details else {}
             step = Step(name, state.program, state.lm, evaluations=dict(evaluations),
-                        details=state.details, path=folder)
+                        details=state.details, path=folder, fit_seconds=time.monotonic() - t0)
             _score(step, step_store, task, splits, limits, progress)
             step.seconds = time.monotonic() - t0
             step_store.write_json("step.json", step.to_dict(), sub="step")  # last: the step is finished
@@ -341,5 +347,6 @@ def _load_step(store: RunStore, task: Any) -> Step:
     evaluations = {s: Evaluation(**{k: v for k, v in e.items() if k != "records"})
                    for s, e in saved["scores"].items()}
     return Step(saved["strategy"], load_prompt(folder / "prompt.json", task), LMSpec.from_dict(saved["lm"]),
-                evaluations=evaluations, details=saved["details"], seconds=saved["seconds"], path=folder,
+                evaluations=evaluations, details=saved["details"], seconds=saved["seconds"],
+                fit_seconds=saved.get("fit_seconds", 0.0), path=folder,
                 resumed=True)

@@ -26,7 +26,7 @@ def tuned(tmp_path_factory: pytest.TempPathFactory):
     data = TrainingData(train=[{"predictor": "self", "messages": _messages(i)} for i in WORDS],
                         val=[{"predictor": "self", "messages": _messages("alpha")}],
                         counts={"records": 4}, manifest={"task": "secret-words"})
-    tuner = LoRAFinetuner(epochs=30, batch_size=4, learning_rate=3e-3, progress=False)
+    tuner = LoRAFinetuner(epochs=30, batch_size=4, learning_rate=3e-3, patience=None, progress=False)
     return tuner.finetune(data, tmp_path_factory.mktemp("lora"))
 
 
@@ -58,6 +58,23 @@ def test_checkpoint_is_chosen_by_decoded_validation_accuracy(tuned) -> None:
     best = max(m["evals"], key=lambda e: (e["val_accuracy"], -e["val_loss"]))
     assert m["best"] == best
     assert not (tuned.output_dir / "checkpoints").exists()  # the per-step adapters are removed
+
+
+def test_training_stops_when_validation_stops_improving(tmp_path) -> None:
+    """Early stopping: the held-out record contradicts the training data, so every point after the
+    first is worse; with patience=2 training ends two points later and keeps the first."""
+    contradiction = _messages("alpha")[:-1] + [{"role": "assistant", "content": '{"word": "volcano"}'}]
+    data = TrainingData(train=[{"predictor": "self", "messages": _messages(i)} for i in WORDS],
+                        val=[{"predictor": "self", "messages": contradiction}], counts={}, manifest={})
+    result = LoRAFinetuner(epochs=12, batch_size=4, learning_rate=3e-3, evals_per_epoch=1, patience=2,
+                           progress=False).finetune(data, tmp_path)
+    m = result.metrics
+    assert m["stopped_early"] is True and m["planned_steps"] == 12
+    assert m["steps"] == len(m["evals"]) < 12
+    scores = [(e["val_accuracy"], -e["val_loss"]) for e in m["evals"]]
+    best = scores.index(max(scores))
+    assert m["best"] == m["evals"][best] and len(scores) - 1 - best == 2  # stopped 2 points after the best
+    assert (tmp_path / "adapter.gguf").is_file()
 
 
 def test_llama_cpp_adapter_matches_the_peft_model(tuned) -> None:
@@ -102,6 +119,8 @@ def test_bad_options_and_data_are_named() -> None:
         LoRAFinetuner(target_modules=["q_proj", "v_proj"])
     with pytest.raises(FinetuneError, match="epochs must be a positive integer"):
         LoRAFinetuner(epochs=0)
+    with pytest.raises(FinetuneError, match="patience must be a positive integer, got 0"):
+        LoRAFinetuner(patience=0)
     empty = TrainingData(train=[], val=[], counts={"examples": 5, "dropped_metric": 5})
     with pytest.raises(FinetuneError, match="no training examples.*dropped_metric"):
         LoRAFinetuner().finetune(empty, "unused")
