@@ -10,7 +10,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 TORCH ?= torch==2.13.0
 DEMO_ARGS ?= --dev-limit 200 --test-limit 200 --max-seconds 240
 
-.PHONY: install postgres demo test test-slow clean
+.PHONY: install postgres chromium demo test test-slow clean
 
 install: $(VENV)/.installed
 
@@ -31,7 +31,13 @@ postgres:
 		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql) || \
 		(echo "install Debian's postgresql package (as root: apt-get install postgresql)"; exit 1)
 
-test: install postgres
+# the page tests (decide's report) drive Debian's chromium with Playwright; no browser download
+chromium:
+	@command -v chromium >/dev/null 2>&1 || \
+		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium) || \
+		(echo "install Debian's chromium package (as root: apt-get install chromium)"; exit 1)
+
+test: install postgres chromium
 	$(BIN)/python -m pytest
 
 test-slow: install

@@ -28,6 +28,7 @@ from autoprompt._exceptions import (
 )
 from autoprompt._version import __version__
 from autoprompt.bettertogether import BetterTogetherResult, better_together
+from autoprompt.decision import Decision, decide
 from autoprompt.export import export_prompt, load_prompt, render_messages
 from autoprompt.lms import build_lm
 from autoprompt.run import Result, configure_cache, optimize
@@ -41,6 +42,7 @@ __all__ = [
     "Budget",
     "BudgetExhausted",
     "DataError",
+    "Decision",
     "ExportError",
     "FinetuneError",
     "LMError",
@@ -55,6 +57,7 @@ __all__ = [
     "better_together",
     "build_lm",
     "configure_cache",
+    "decide",
     "exact_match",
     "export_prompt",
     "load_prompt",

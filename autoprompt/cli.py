@@ -4,6 +4,7 @@
     autoprompt export RUN --format json|messages|text [-o FILE]
     autoprompt evaluate tasks/sentiment.py --prompt RUN/prompt.json --split test
     autoprompt better-together tasks/iris.py --all
+    autoprompt decide tasks/sentiment.py [--calls N] [--finetune-minutes M] [--price-input X ...]
 """
 
 from __future__ import annotations
@@ -212,6 +213,16 @@ def _cmd_export_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _strategy(text: str) -> str:
     from autoprompt.bettertogether import parse_strategy
 
@@ -263,9 +274,59 @@ def _cmd_better_together(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_decide(args: argparse.Namespace) -> int:
+    import autoprompt
+    from autoprompt.decision import LABELS, Prices
+    from autoprompt.store import RunStore
+
+    if args.resume:  # the cheap checks first: before any data loads
+        RunStore.open(args.run_dir, "decide")
+    if args.reuse:
+        RunStore.open(args.reuse, "better-together")
+    prices = Prices(input=args.price_input, output=args.price_output, train_hour=args.price_train_hour)
+    task_options = _kv(args.task_option, "--task-option")
+    if args.cache_dir:
+        autoprompt.configure_cache(args.cache_dir)
+    lm = _lm(args)
+    task = autoprompt.load_task(args.task, **task_options)
+    decision = autoprompt.decide(
+        task, lm=lm, calls=args.calls, finetune_minutes=args.finetune_minutes, max_traces=args.max_traces,
+        prices=prices, samples=args.samples, wording_samples=args.wording_samples, top_k=args.top_k,
+        data_sizes=args.data_sizes, reuse=args.reuse, seed=args.seed,
+        run_dir=args.run_dir, runs_root=args.runs_root, resume=args.resume, train_limit=args.train_limit,
+        dev_limit=args.dev_limit, test_limit=args.test_limit, progress=not args.no_progress,
+    )
+    rows = [["variant", "test", "95% interval", "prompt tok/call", "s/example", "made in"]]
+    for v in decision.variants.values():
+        if v.skipped:
+            rows.append([v.label, v.skipped[:60] + ("..." if len(v.skipped) > 60 else ""), "", "", "", ""])
+        elif v.accuracy is not None:
+            lo, hi = v.interval or (0.0, 0.0)
+            rows.append([v.label, f"{100 * v.accuracy:.1f}%", f"{100 * lo:.1f}-{100 * hi:.1f}",
+                         str(v.inference.get("prompt_tokens_per_call", "-")),
+                         str(v.inference.get("seconds_per_example", "-")), f"{v.one_off['seconds'] / 60:.1f} min"])
+    print(_table(rows))
+    print(f"\nrecommendation: {LABELS[decision.recommendation]}")
+    for reason in decision.reasons:
+        print(f"- {reason}")
+    print(f"\nreport: {decision.run_dir / 'decision.md'}")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from autoprompt.report import open_study, trial_rows, write_plots
 
+    from autoprompt.store import RunStore
+
+    if (Path(args.run) / "config.json").is_file() and RunStore.open(args.run).kind == "decide":
+        from autoprompt.decision import load_decision
+
+        decision = load_decision(args.run)
+        out = RunStore.open(args.run, "decide") if args.out is None else RunStore(Path(args.out), "decide")
+        decision.save(out)
+        for name in ("decision.json", "decision.md", "decision.html"):
+            print(f"wrote {out.file(name)}")
+        return 0
     study = open_study(args.run)
     rows = [["trial", "state", "score", "prompt tok", "examples", "LM calls", "tokens", "s", "params"]]
     for r in trial_rows(study):
@@ -282,6 +343,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
     written = write_plots(study, Path(args.out or args.run))
     for path in written:
         print(f"wrote {path}")
+    return 0
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from autoprompt.report import serve_dashboard
+
+    print(f"serving the study of {args.run} at http://{args.host}:{args.port}/dashboard (Ctrl-C stops)", flush=True)
+    serve_dashboard(args.run, host=args.host, port=args.port, storage=args.storage)
     return 0
 
 
@@ -333,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     lm_flags = _lm_parser(default="local")
     run_lm_flags = _lm_parser(default=None)  # commands on a run: its own LM unless given
+    steps_flags = _steps_parser()
 
     p = sub.add_parser("optimize", parents=[lm_flags],
                        help="optimize a task's prompt; prints baseline vs optimized scores")
@@ -384,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_export_data)
 
-    p = sub.add_parser("better-together", parents=[lm_flags],
+    p = sub.add_parser("better-together", parents=[lm_flags, steps_flags],
                        help="alternate prompt optimization (p) and LoRA fine-tuning (w)")
     p.add_argument("task")
     p.add_argument("--strategy", action="append", type=_strategy,
@@ -396,25 +466,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-option", action="append", metavar="KEY=VALUE", help="e.g. epochs=2, rank=8")
     p.add_argument("--data-option", action="append", metavar="KEY=VALUE",
                    help="w step option, e.g. max_traces=1000, balance=false, val_fraction=0.1, threshold=1.0")
-    p.add_argument("--task-option", action="append", metavar="KEY=VALUE")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-calls", type=int, help="cap on LM calls of each p step")
     p.add_argument("--max-seconds", type=float, help="cap on wall time of each p step")
-    p.add_argument("--train-limit", type=int, help="a seeded stratified sample; also bounds the traces of w")
-    p.add_argument("--dev-limit", type=int)
-    p.add_argument("--test-limit", type=int)
-    p.add_argument("--run-dir")
-    p.add_argument("--runs-root", default="runs")
-    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last finished step")
-    p.add_argument("--cache-dir")
     p.add_argument("--no-test", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_better_together)
 
-    p = sub.add_parser("report", help="print a run's trial table and write PNG plots")
+    p = sub.add_parser("decide", parents=[lm_flags, steps_flags],
+                       help="prompt, fine-tune or both? measure the variants on your task and recommend one")
+    p.add_argument("task")
+    p.add_argument("--calls", type=_positive_int, default=600, help="LM-call cap of each prompt search (default 600)")
+    p.add_argument("--finetune-minutes", type=float, help="wall-time cap of each fine-tuning (default: none)")
+    p.add_argument("--max-traces", type=_positive_int, default=1000, help="traces a fine-tuning step trains on")
+    p.add_argument("--price-input", type=float, metavar="PRICE", help="price per 1M prompt tokens")
+    p.add_argument("--price-output", type=float, metavar="PRICE", help="price per 1M completion tokens")
+    p.add_argument("--price-train-hour", type=float, metavar="PRICE", help="price per hour of fine-tuning")
+    p.add_argument("--samples", type=_positive_int, default=20, help="test examples for cost and consistency")
+    p.add_argument("--wording-samples", type=_positive_int, default=50,
+                   help="test examples for the paraphrases and the search's top trials")
+    p.add_argument("--top-k", type=int, default=3, help="best search trials rescored for wording sensitivity")
+    p.add_argument("--data-sizes", type=_positive_int, nargs="*", default=[50, 200], metavar="N",
+                   help="the data curve: p and w again on N train examples (default 50 200; none: no curve)")
+    p.add_argument("--reuse", metavar="BT_RUN", help="a better-together run folder whose steps are the variants")
+    p.set_defaults(func=_cmd_decide)
+
+    p = sub.add_parser("report", help="print a run's trial table and write PNG plots (a decide run: its pages)")
     p.add_argument("run")
     p.add_argument("--out", help="folder for the PNG files (default: the run directory)")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("dashboard", help="serve a run's Optuna study in optuna-dashboard")
+    p.add_argument("run")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=_positive_int, default=8080)
+    p.add_argument("--storage", help="the study's storage URL, if it has a password (never saved)")
+    p.set_defaults(func=_cmd_dashboard)
 
     p = sub.add_parser("worker", parents=[run_lm_flags],
                        help="join a run's Optuna study and run trials (several may run at once)")
@@ -444,6 +529,22 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> Any:  # type: ignore[override]
         self.exit(2, f"autoprompt: error: {message} (see: {self.prog} --help)\n")
+
+
+def _steps_parser() -> argparse.ArgumentParser:
+    """The flags of the commands that run BetterTogether steps in a run folder (better-together, decide)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--task-option", action="append", metavar="KEY=VALUE")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-limit", type=int, help="a seeded stratified sample; also bounds the traces of w")
+    p.add_argument("--dev-limit", type=int)
+    p.add_argument("--test-limit", type=int)
+    p.add_argument("--run-dir")
+    p.add_argument("--runs-root", default="runs")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last finished step")
+    p.add_argument("--cache-dir")
+    p.add_argument("--no-progress", action="store_true")
+    return p
 
 
 def _lm_parser(default: str | None) -> argparse.ArgumentParser:

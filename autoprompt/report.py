@@ -2,8 +2,8 @@
 
 ``autoprompt report RUN`` prints the trial table and writes ``optimization_history.png``,
 ``param_importances.png`` and (multi-objective runs) ``pareto_front.png`` with Optuna's own
-matplotlib plots (extra ``autoprompt[report]``). The storage also opens in ``optuna-dashboard``:
-``optuna-dashboard sqlite:///RUN/study.db``.
+matplotlib plots (extra ``autoprompt[report]``). ``autoprompt dashboard RUN`` serves the run's study
+in ``optuna-dashboard`` (same extra): :func:`serve_dashboard`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Any
 from autoprompt._exceptions import MissingExtraError, RunError
 from autoprompt.store import RunStore
 
-__all__ = ["load_config", "load_run", "open_study", "study_storage", "trial_program", "trial_rows", "write_plots"]
+__all__ = ["load_config", "load_run", "open_study", "serve_dashboard", "study_storage", "trial_program", "trial_rows",
+           "write_plots"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,24 @@ def open_study(run_dir: str | Path, storage: str | None = None) -> Any:
         return optuna.load_study(study_name=options.get("study_name", "autoprompt"), storage=storage)
     except KeyError as exc:
         raise RunError(f"no study {options.get('study_name')!r} in {storage}") from exc
+
+
+def serve_dashboard(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8080,
+                    storage: str | None = None) -> None:
+    """Serve the run's study in optuna-dashboard until interrupted (a BetterTogether or decide run: pass a
+    ``p`` step's ``run`` folder, e.g. ``RUN/steps/p/run``)."""
+    store = RunStore.open(run_dir)
+    if store.kind != "optimize":
+        raise RunError(f"{run_dir} is a {store.kind} run: its studies are in its p steps; pass one of them, e.g. "
+                       f"{Path(run_dir) / ('variants/steps/p/run' if store.kind == 'decide' else 'steps/p/run')}")
+    url = study_storage(run_dir, store.config, storage)
+    try:
+        import optuna_dashboard
+    except ImportError:
+        raise MissingExtraError("autoprompt dashboard needs optuna-dashboard: pip install 'autoprompt[report]'") \
+            from None
+    logger.info("serving the study of %s at http://%s:%d/dashboard", run_dir, host, port)
+    optuna_dashboard.run_server(url, host=host, port=port)
 
 
 def trial_rows(study: Any) -> list[dict[str, Any]]:

@@ -37,7 +37,8 @@ __all__ = ["FORMATS", "RunStore", "atomic_write", "dump_json"]
 logger = logging.getLogger(__name__)
 
 #: the config ``format`` and the ``format_version`` this autoprompt reads and writes, per kind of run
-FORMATS = {"optimize": ("autoprompt.run", 1), "better-together": ("autoprompt.better-together", 2)}
+FORMATS = {"optimize": ("autoprompt.run", 1), "better-together": ("autoprompt.better-together", 2),
+           "decide": ("autoprompt.decide", 1)}
 
 
 def dump_json(document: Any) -> str:
@@ -70,7 +71,6 @@ class RunStore:
     def __init__(self, path: str | os.PathLike, kind: str = "optimize") -> None:
         if kind not in FORMATS:
             raise ValueError(f"kind must be one of {sorted(FORMATS)}, got {kind!r}")
-        secrets_from_env()  # the environment's credentials never land in a run file
         self.path = Path(path)
         self.kind = kind
         self.format, self.version = FORMATS[kind]
@@ -81,6 +81,7 @@ class RunStore:
                name: str = "run", seed: int = 0) -> "RunStore":
         """A new run directory: ``path`` (which must not hold a run yet), or a fresh
         ``<runs_root>/<name>-<time>-s<seed>`` (suffixed when taken)."""
+        secrets_from_env()  # the environment's credentials never land in a run file
         if path is not None:
             folder = Path(path)
             if (folder / "config.json").exists():
@@ -102,6 +103,7 @@ class RunStore:
         """An existing run directory; its kind is read from its config when not given (and checked when given)."""
         if path is None:
             raise RunError("resuming needs the run's folder: pass run_dir= (CLI: --run-dir)")
+        secrets_from_env()  # the environment's credentials never land in a run file
         if not (Path(path) / "config.json").is_file():
             raise RunError(f"{path} is not a run directory: it has no config.json (pass the folder "
                            f"{'an autoprompt ' + kind if kind else 'an autoprompt'} run wrote)")
@@ -170,6 +172,17 @@ class RunStore:
     def write_evaluation(self, name: str, evaluation: Any) -> Path:
         """The per-example answers of one scored (program, split) as ``evaluations/<name>.jsonl``."""
         return self.write_jsonl(f"evaluations/{name}.jsonl", evaluation.records)
+
+    def read_evaluation(self, name: str) -> list[dict[str, Any]]:
+        """The per-example answers :meth:`write_evaluation` wrote (``[]`` when there are none)."""
+        path = self.path / "evaluations" / f"{name}.jsonl"
+        if not path.is_file():
+            return []
+        try:
+            return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except json.JSONDecodeError as exc:
+            raise RunError(f"{path} is damaged ({exc.msg} at line {exc.lineno}); delete the step's folder and "
+                           "resume to score it again") from None
 
     def _format(self, sub: str | None) -> str:
         return f"{self.format}.{sub}" if sub else self.format

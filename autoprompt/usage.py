@@ -91,6 +91,11 @@ class Meter(UsageTracker):
             if reason is not None:
                 raise BudgetExhausted(f"LM budget spent: {reason}")
 
+    def child(self) -> "Meter":
+        """A meter of one part of the run (e.g. one trial of several running at once): it counts that
+        part's calls and passes each to this meter, whose budget it enforces."""
+        return _ChildMeter(self)
+
     def snapshot(self) -> dict[str, float]:
         return {
             "lm_calls": self.calls,
@@ -98,6 +103,22 @@ class Meter(UsageTracker):
             "completion_tokens": self.completion_tokens,
             "tokens": self.tokens,
         }
+
+
+class _ChildMeter(Meter):
+    def __init__(self, parent: Meter) -> None:
+        super().__init__(parent.budget)
+        self.parent = parent
+
+    def add_usage(self, lm: str, usage_entry: dict[str, Any]) -> None:
+        super().add_usage(lm, usage_entry)
+        self.parent.add_usage(lm, usage_entry)
+
+    def exhausted(self) -> str | None:
+        return self.parent.exhausted()
+
+    def check(self) -> None:
+        self.parent.check()
 
 
 def current_meter() -> Meter | None:

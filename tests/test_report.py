@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 
 import autoprompt
 from autoprompt.report import open_study, trial_rows
@@ -37,6 +40,41 @@ def test_report_multi_objective_run(small_task, tmp_path):
     assert document["trial"] == front
     program = autoprompt.load_prompt(tmp_path / "front.json", small_task)
     assert len(program.predictors()[0].demos) == study.trials[front].params.get("self.n_demos", 0)
+
+    # the same study served by optuna-dashboard over HTTP (a real server process on loopback)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "autoprompt", "dashboard", str(run), "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        studies = None
+        for _ in range(100):
+            try:
+                studies = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2).read())
+                break
+            except OSError:
+                assert server.poll() is None, server.communicate()[1]
+                time.sleep(0.2)
+        assert studies is not None, "the dashboard never answered"
+        (summary,) = studies["study_summaries"]
+        assert summary["study_name"] == "autoprompt" and summary["directions"] == ["maximize", "minimize"]
+        detail = json.loads(urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}?after=0", timeout=5).read())
+        assert len(detail["trials"]) == 4
+        page = urllib.request.urlopen(f"http://127.0.0.1:{port}/dashboard", timeout=5).read().decode()
+        assert "<html" in page.lower()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_dashboard_of_a_better_together_run_names_the_step_folder(tmp_path):
+    store = autoprompt.RunStore.create("better-together", path=tmp_path / "bt")
+    store.write_json("config.json", {"task": {"name": "x"}})
+    out = cli("dashboard", tmp_path / "bt")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert "is a better-together run: its studies are in its p steps" in out.stderr and "steps/p/run" in out.stderr
 
 
 def test_report_needs_an_optuna_run(tmp_path):

@@ -46,6 +46,7 @@ __all__ = [
     "StepContext",
     "WeightStep",
     "better_together",
+    "load_step",
     "parse_strategy",
 ]
 
@@ -62,8 +63,10 @@ _LABELS = {
 
 
 def parse_strategy(strategy: str, letters: Sequence[str] = ("p", "w")) -> tuple[str, ...]:
-    """``"p -> w -> p"`` -> ``("p", "w", "p")``; raises ``ValueError`` naming the bad part."""
+    """``"p -> w -> p"`` -> ``("p", "w", "p")``, ``"vanilla"`` -> ``()``; raises ``ValueError`` naming the bad part."""
     letters = tuple(letters)
+    if str(strategy).strip().lower() == "vanilla":
+        return ()
     parts = tuple(part.strip().lower() for part in str(strategy).split("->"))
     bad = [part for part in parts if part not in letters]
     if not parts or bad:
@@ -285,7 +288,7 @@ def better_together(
         step_store = store.child(Path("steps") / name.replace(" -> ", "-"))
         folder = step_store.path
         if resume and step_store.exists("step.json"):
-            step = _load_step(step_store, task)
+            step = load_step(step_store, task)
             logger.info("BetterTogether step %r: finished earlier, loaded from %s", name, folder)
         else:
             parent = run(parts[:-1]) if parts else None
@@ -338,7 +341,7 @@ def _score(step: Step, store: RunStore, task: Any, splits: Sequence[str], limits
     store.write_json("prompt.json", prompt_document(step.program, task=task, meta=meta), stamp=False)
 
 
-def _load_step(store: RunStore, task: Any) -> Step:
+def load_step(store: RunStore, task: Any) -> Step:
     """A finished step from its folder: program, LM and scores as written (no LM call)."""
     from autoprompt.export import load_prompt
 

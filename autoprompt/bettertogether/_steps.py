@@ -149,9 +149,6 @@ class WeightStep(BaseStep):
         reserved = {"program", "task", "split", "progress", "source", "seed"}  # set by the step itself
         if reserved & set(data_options):
             raise OptionError(f"the w step sets {sorted(reserved & set(data_options))} itself; drop them")
-        check_options(compile_training_data, {"max_traces": max_traces, "balance": balance,
-                                              "val_fraction": val_fraction, "max_rounds": max_rounds, **data_options},
-                      "the w step's data")
         if max_traces is not None and max_traces < 1:
             raise ExportError(f"data option max_traces must be a positive integer or None, got {max_traces!r}")
         self.finetuner = finetuner
@@ -160,6 +157,12 @@ class WeightStep(BaseStep):
         self.val_fraction = val_fraction
         self.max_rounds = max_rounds
         self.data_options = data_options
+        check_options(compile_training_data, {**self._named(), **data_options}, "the w step's data")
+
+    def _named(self) -> dict[str, Any]:
+        """The data options with a default of their own here (the rest pass through ``data_options``)."""
+        return {"max_traces": self.max_traces, "balance": self.balance, "val_fraction": self.val_fraction,
+                "max_rounds": self.max_rounds}
 
     def options(self) -> dict[str, Any]:
         tuner = self.finetuner
@@ -167,8 +170,7 @@ class WeightStep(BaseStep):
         runtime = {"progress", "threads"}
         return {"finetuner": None if tuner is None else tuner if isinstance(tuner, str) else
                 {"name": tuner.name, "options": {k: v for k, v in tuner.options().items() if k not in runtime}},
-                "max_traces": self.max_traces, "balance": self.balance, "val_fraction": self.val_fraction,
-                "max_rounds": self.max_rounds, "data_options": self.data_options}
+                **self._named(), "data_options": self.data_options}
 
     def finetuner_for(self, lm: LMSpec, context: StepContext) -> Any:
         """The finetuner object for ``lm`` (the default one for a local model)."""
@@ -188,8 +190,7 @@ class WeightStep(BaseStep):
 
         finetuner = self.finetuner_for(state.lm, context)
         options = {"limit": context.limits.get("train"), "seed": context.seed, **self.data_options,
-                   "max_traces": self.max_traces, "balance": self.balance, "val_fraction": self.val_fraction,
-                   "max_rounds": self.max_rounds}
+                   **self._named()}
         with dspy.context(lm=state.lm.build(), adapter=dspy.JSONAdapter()):
             data = compile_training_data(state.program, context.task, split="train", progress=context.progress,
                                          source=f"better_together step {context.name!r}: traces of the program of "

@@ -75,6 +75,8 @@ class LoRAFinetuner(BaseFinetuner):
             bounds memory: about 1.5 GB for 2 prompts of 300 tokens).
         max_length: examples with more tokens (prompt + answer) are skipped and counted.
         max_steps: stop after this many steps (default: ``epochs`` full passes).
+        max_minutes: stop training after this much wall time (validation included); the best
+            validation point so far is kept (a fine-tuning budget, e.g. for :func:`autoprompt.decide`).
         evals_per_epoch: validation points per epoch (validation accuracy by decoding with llama.cpp
             and validation loss); the best one is the checkpoint kept. Needs ``data.val``.
         patience: stop when this many validation points in a row did not beat the best one (early
@@ -114,6 +116,7 @@ class LoRAFinetuner(BaseFinetuner):
         micro_batch_size: int = 8,
         max_length: int = 768,
         max_steps: int | None = None,
+        max_minutes: float | None = None,
         evals_per_epoch: int = 2,
         patience: int | None = 2,
         val_limit: int = 100,
@@ -135,6 +138,7 @@ class LoRAFinetuner(BaseFinetuner):
         self.micro_batch_size = micro_batch_size
         self.max_length = max_length
         self.max_steps = max_steps
+        self.max_minutes = max_minutes
         self.evals_per_epoch = evals_per_epoch
         self.patience = patience
         self.val_limit = val_limit
@@ -150,6 +154,9 @@ class LoRAFinetuner(BaseFinetuner):
                 f"target_modules {bad} cannot be served by llama.cpp (q_proj/k_proj are stored permuted in "
                 f"GGUF); choose from {list(DEFAULT_TARGET_MODULES)}"
             )
+        if max_minutes is not None and (isinstance(max_minutes, bool) or not isinstance(max_minutes, (int, float))
+                                        or max_minutes <= 0):
+            raise FinetuneError(f"max_minutes must be a positive number or None, got {max_minutes!r}")
         if device not in ("auto", "cpu", "cuda"):
             raise FinetuneError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
         if dtype not in ("auto", "float32", "bfloat16"):
@@ -237,6 +244,25 @@ class LoRAFinetuner(BaseFinetuner):
         step = 0
         stale = 0  # validation points in a row that did not beat the best
         stopped_early = False
+        out_of_time = False
+
+        def validate() -> None:
+            """Score the current step on the validation share; keep it if it is the best so far."""
+            nonlocal best, best_state, stale, stopped_early
+            assert validator is not None
+            point = {"step": step, "epoch": round(step / steps_per_epoch, 2),
+                     "train_loss": losses[-1], "val_loss": round(run.mean_loss(val), 5),
+                     **validator.score(model, step)}
+            evals.append(point)
+            logger.info("step %d/%d: train loss %.4f, val loss %.4f, val accuracy %.3f", step, total,
+                        losses[-1], point["val_loss"], point["val_accuracy"])
+            if best is None or (point["val_accuracy"], -point["val_loss"]) > (best["val_accuracy"], -best["val_loss"]):
+                best, stale = point, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
+            else:
+                stale += 1
+                stopped_early = self.patience is not None and stale >= self.patience and step < total
+
         train_started = time.monotonic()
         while step < total and not stopped_early:
             for rows in _batches(train, self.batch_size, self.micro_batch_size, rng):
@@ -255,23 +281,20 @@ class LoRAFinetuner(BaseFinetuner):
                 step += 1
                 bar.update(1)
                 if validator is not None and (step % eval_every == 0 or step == total):
-                    point = {"step": step, "epoch": round(step / steps_per_epoch, 2),
-                             "train_loss": losses[-1], "val_loss": round(run.mean_loss(val), 5),
-                             **validator.score(model, step)}
-                    evals.append(point)
-                    logger.info("step %d/%d: train loss %.4f, val loss %.4f, val accuracy %.3f", step, total,
-                                losses[-1], point["val_loss"], point["val_accuracy"])
-                    if best is None or (point["val_accuracy"], -point["val_loss"]) > \
-                            (best["val_accuracy"], -best["val_loss"]):
-                        best, stale = point, 0
-                        best_state = {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
-                    else:
-                        stale += 1
-                        stopped_early = self.patience is not None and stale >= self.patience and step < total
+                    validate()
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", **({"val_acc": f"{evals[-1]['val_accuracy']:.3f}"}
                                                              if evals else {}))
-                if step >= total or stopped_early:
+                out_of_time = self.max_minutes is not None and step < total and \
+                    time.monotonic() - train_started >= 60 * self.max_minutes
+                if step >= total or stopped_early or out_of_time:
                     break
+            if out_of_time:
+                if validator is not None and (not evals or evals[-1]["step"] != step):
+                    validate()  # the steps since the last point count too
+                break
+        if out_of_time:
+            logger.info("stopped at step %d/%d: the %.1f min budget (max_minutes) is spent", step, total,
+                        self.max_minutes)
         if stopped_early:
             logger.info("early stop at step %d/%d: %d validation points without a better one (patience=%d)",
                         step, total, stale, self.patience)
@@ -291,6 +314,7 @@ class LoRAFinetuner(BaseFinetuner):
             "steps": step,
             "planned_steps": total,
             "stopped_early": stopped_early,
+            "out_of_time": out_of_time,
             "first_loss": losses[0],
             "final_loss": losses[-1],
             "evals": evals,

@@ -64,7 +64,7 @@ def _compile(name: str, budget: int, run: Any) -> dspy.Module:
     except AutopromptError:
         raise
     except Exception as exc:
-        if counter.count > budget or (_is_lm_failure(exc) and not find_cause(exc, BudgetExhausted) is not None):
+        if counter.count > budget or (_is_lm_failure(exc) and find_cause(exc, BudgetExhausted) is None):
             raise LMError(f"DSPy's {name} stopped: {type(exc).__name__}: {exc}; {counter.count} LM errors, last "
                           f"{counter.last}. Check the LM (see run.log)") from exc
         raise
@@ -87,10 +87,27 @@ def _is_lm_failure(exc: BaseException) -> bool:
     return False
 
 
-class BootstrapFewShot(BaseOptimizer):
+class _DSPyOptimizer(BaseOptimizer):
+    """A DSPy optimizer run by name: its LM errors counted and bounded by ``max_errors``
+    (:func:`error_budget`), its program compiled from a copy. Subclasses give ``dspy_name`` and
+    :meth:`run` (the DSPy call)."""
+
+    dspy_name = ""
+    max_errors: int | None = None
+
+    def compile(self, program: dspy.Module, task: Any, context: Context) -> dspy.Module:
+        return _compile(self.dspy_name, error_budget(self.max_errors, context),
+                        lambda: self.run(program.deepcopy(), task, context))
+
+    def run(self, program: dspy.Module, task: Any, context: Context) -> dspy.Module:
+        raise NotImplementedError
+
+
+class BootstrapFewShot(_DSPyOptimizer):
     """DSPy's BootstrapFewShot: demos are the program's own traces that pass the metric."""
 
     name = "bootstrap"
+    dspy_name = "BootstrapFewShot"
 
     def __init__(self, max_bootstrapped_demos: int = 4, max_labeled_demos: int = 4, max_rounds: int = 1,
                  max_errors: int | None = None) -> None:
@@ -99,8 +116,7 @@ class BootstrapFewShot(BaseOptimizer):
         self.max_rounds = max_rounds
         self.max_errors = max_errors
 
-    def compile(self, program: dspy.Module, task, context: Context) -> dspy.Module:
-        budget = error_budget(self.max_errors, context)
+    def run(self, program: dspy.Module, task: Any, context: Context) -> dspy.Module:
         optimizer = dspy.BootstrapFewShot(
             metric=task.dspy_metric,
             max_bootstrapped_demos=self.max_bootstrapped_demos,
@@ -108,14 +124,14 @@ class BootstrapFewShot(BaseOptimizer):
             max_rounds=self.max_rounds,
             max_errors=_NO_ERROR_CAP,
         )
-        return _compile("BootstrapFewShot", budget, lambda: optimizer.compile(program.deepcopy(),
-                                                                              trainset=context.trainset))
+        return optimizer.compile(program, trainset=context.trainset)
 
 
-class RandomSearch(BaseOptimizer):
+class RandomSearch(_DSPyOptimizer):
     """DSPy's BootstrapFewShotWithRandomSearch: several bootstrapped demo sets, the best on dev wins."""
 
     name = "random-search"
+    dspy_name = "BootstrapFewShotWithRandomSearch"
 
     def __init__(
         self, num_candidate_programs: int = 6, max_bootstrapped_demos: int = 4, max_labeled_demos: int = 4,
@@ -126,8 +142,7 @@ class RandomSearch(BaseOptimizer):
         self.max_labeled_demos = max_labeled_demos
         self.max_errors = max_errors
 
-    def compile(self, program: dspy.Module, task, context: Context) -> dspy.Module:
-        budget = error_budget(self.max_errors, context)
+    def run(self, program: dspy.Module, task: Any, context: Context) -> dspy.Module:
         optimizer = dspy.BootstrapFewShotWithRandomSearch(
             metric=task.dspy_metric,
             num_candidate_programs=self.num_candidate_programs,
@@ -136,11 +151,10 @@ class RandomSearch(BaseOptimizer):
             num_threads=1,
             max_errors=_NO_ERROR_CAP,
         )
-        return _compile("BootstrapFewShotWithRandomSearch", budget, lambda: optimizer.compile(
-            program.deepcopy(), trainset=context.trainset, valset=context.devset))
+        return optimizer.compile(program, trainset=context.trainset, valset=context.devset)
 
 
-class MIPROv2(BaseOptimizer):
+class MIPROv2(_DSPyOptimizer):
     """DSPy's MIPROv2 (instructions + demos by Bayesian optimization), with ``auto`` presets.
 
     A weak LM can fail in MIPROv2's instruction-proposal step; pass ``proposer_lm`` to
@@ -149,6 +163,7 @@ class MIPROv2(BaseOptimizer):
     """
 
     name = "mipro"
+    dspy_name = "MIPROv2"
 
     def __init__(
         self,
@@ -168,8 +183,7 @@ class MIPROv2(BaseOptimizer):
         self.max_labeled_demos = max_labeled_demos
         self.minibatch_size = minibatch_size
 
-    def compile(self, program: dspy.Module, task, context: Context) -> dspy.Module:
-        budget = error_budget(self.max_errors, context)
+    def run(self, program: dspy.Module, task: Any, context: Context) -> dspy.Module:
         optimizer = dspy.MIPROv2(
             metric=task.dspy_metric,
             prompt_model=context.proposer_lm,
@@ -185,16 +199,18 @@ class MIPROv2(BaseOptimizer):
         kwargs: dict[str, Any] = {}
         if self.num_trials is not None:
             kwargs["num_trials"] = self.num_trials
-        minibatch = len(context.devset) > self.minibatch_size
+        return optimizer.compile(
+            program,
+            trainset=context.trainset,
+            valset=context.devset,
+            minibatch=len(context.devset) > self.minibatch_size,
+            minibatch_size=min(self.minibatch_size, len(context.devset)),
+            **kwargs,
+        )
+
+    def compile(self, program: dspy.Module, task: Any, context: Context) -> dspy.Module:
         try:
-            return _compile("MIPROv2", budget, lambda: optimizer.compile(
-                program.deepcopy(),
-                trainset=context.trainset,
-                valset=context.devset,
-                minibatch=minibatch,
-                minibatch_size=min(self.minibatch_size, len(context.devset)),
-                **kwargs,
-            ))
+            return super().compile(program, task, context)
         except AutopromptError:
             raise
         except Exception as exc:
@@ -206,7 +222,7 @@ class MIPROv2(BaseOptimizer):
             ) from exc
 
 
-class GEPA(BaseOptimizer):
+class GEPA(_DSPyOptimizer):
     """DSPy's GEPA: reflective prompt evolution (a reflection LM reads failed answers and rewrites the
     instruction; candidates kept on a Pareto front over the dev examples).
 
@@ -223,6 +239,7 @@ class GEPA(BaseOptimizer):
     """
 
     name = "gepa"
+    dspy_name = "GEPA"
 
     def __init__(self, max_metric_calls: int | None = None, reflection_minibatch_size: int = 3,
                  candidate_selection_strategy: str = "pareto", use_merge: bool = True,
@@ -240,8 +257,7 @@ class GEPA(BaseOptimizer):
         cap = context.meter.budget.max_calls
         return max(10, cap * 6 // 7) if cap else 300
 
-    def compile(self, program: dspy.Module, task, context: Context) -> dspy.Module:
-        budget = error_budget(self.max_errors, context)
+    def run(self, program: dspy.Module, task: Any, context: Context) -> dspy.Module:
         log_dir = context.run_dir / "gepa"
         log_dir.mkdir(parents=True, exist_ok=True)
         optimizer = dspy.GEPA(
@@ -255,11 +271,10 @@ class GEPA(BaseOptimizer):
             log_dir=str(log_dir),
             seed=context.seed,
         )
-        return _compile("GEPA", budget, lambda: optimizer.compile(
-            program.deepcopy(), trainset=context.trainset, valset=context.devset))
+        return optimizer.compile(program, trainset=context.trainset, valset=context.devset)
 
 
-class SIMBA(BaseOptimizer):
+class SIMBA(_DSPyOptimizer):
     """DSPy's SIMBA: stochastic mini-batch ascent; the LM writes rules from its own best and worst answers
     and adds demos.
 
@@ -271,6 +286,7 @@ class SIMBA(BaseOptimizer):
     """
 
     name = "simba"
+    dspy_name = "SIMBA"
 
     def __init__(self, bsize: int | None = None, num_candidates: int = 6, max_steps: int = 8, max_demos: int = 4,
                  max_errors: int | None = None) -> None:
@@ -280,8 +296,7 @@ class SIMBA(BaseOptimizer):
         self.max_demos = max_demos
         self.max_errors = max_errors
 
-    def compile(self, program: dspy.Module, task, context: Context) -> dspy.Module:
-        budget = error_budget(self.max_errors, context)
+    def run(self, program: dspy.Module, task: Any, context: Context) -> dspy.Module:
         optimizer = dspy.SIMBA(
             metric=task.dspy_metric,
             bsize=min(self.bsize or 32, len(context.trainset)),
@@ -291,5 +306,4 @@ class SIMBA(BaseOptimizer):
             prompt_model=context.proposer_lm,
             num_threads=1,
         )
-        return _compile("SIMBA", budget, lambda: optimizer.compile(
-            program.deepcopy(), trainset=context.trainset, seed=context.seed))
+        return optimizer.compile(program, trainset=context.trainset, seed=context.seed)

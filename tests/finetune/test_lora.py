@@ -77,6 +77,18 @@ def test_training_stops_when_validation_stops_improving(tmp_path) -> None:
     assert (tmp_path / "adapter.gguf").is_file()
 
 
+def test_a_time_budget_stops_training_and_scores_the_last_step(tmp_path) -> None:
+    data = TrainingData(train=[{"predictor": "self", "messages": _messages(i)} for i in WORDS],
+                        val=[{"predictor": "self", "messages": _messages("alpha")}], counts={}, manifest={})
+    result = LoRAFinetuner(epochs=8, batch_size=2, evals_per_epoch=1, max_minutes=0.001,
+                           progress=False).finetune(data, tmp_path)
+    m = result.metrics
+    assert m["out_of_time"] is True and m["steps"] == 1 and m["planned_steps"] == 16
+    assert [e["step"] for e in m["evals"]] == [1] and m["best"]["step"] == 1  # scored although not an eval step
+    with pytest.raises(FinetuneError, match="max_minutes must be a positive number or None, got 0"):
+        LoRAFinetuner(max_minutes=0)
+
+
 def test_llama_cpp_adapter_matches_the_peft_model(tuned) -> None:
     """The GGUF adapter is the trained LoRA: llama.cpp and transformers+peft decode the same tokens."""
     import torch

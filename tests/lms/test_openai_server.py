@@ -159,5 +159,10 @@ def test_jobs_overlap_trials_against_a_server(server, small_task, tmp_path):
     overlaps = sum(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))
     assert overlaps >= 1, spans
     assert all(t.user_attrs["examples"] == 4 for t in trials)
+    # each trial counts its own calls, not those of the trial running beside it: together they are no more
+    # than what the server answered besides the baseline and the winner on dev (4 + 4)
+    calls = [t.user_attrs["lm_calls"] for t in trials]
+    served_now = log.read_text().count('"POST /v1/chat/completions HTTP/1.1" 200') - served
+    assert all(c >= 4 for c in calls) and sum(calls) <= served_now - 8, (calls, served_now)
     # the baseline and the best program on dev (4 + 4) and the trials' 4 x 4 calls, each answered by the server
     assert log.read_text().count('"POST /v1/chat/completions HTTP/1.1" 200') - served >= 4 + 4 + 4 * 4

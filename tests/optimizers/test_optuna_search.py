@@ -148,3 +148,24 @@ def test_jobs_run_trials_in_threads(small_task, lm, tmp_path):
     assert [t.number for t in trials] == [0, 1, 2, 3]
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     assert all(t.user_attrs["examples"] == 3 for t in trials)
+
+
+def test_template_instructions_join_the_pool_without_an_lm(tmp_path):
+    """n_templates rewordings written from the signature (no LM call: no LM is configured here) sit between
+    the original instruction and the LM's proposals, with the declared choices spelled out."""
+    import autoprompt
+    from autoprompt.optimizers._base import Context
+    from autoprompt.optimizers.optuna._pool import build_pool
+    from autoprompt.usage import Meter
+
+    task = autoprompt.load_task(str(TASKS / "sentiment.py"))
+    context = Context(trainset=task.examples("train", limit=10), devset=[], seed=0, run_dir=tmp_path, meter=Meter())
+    pool = build_pool(task.make_program(), task, context, max_demos=0, n_demo_sets=0, n_instructions=0, n_templates=2)
+    (candidates,) = pool["predictors"].values()
+    assert candidates["instructions"] == [
+        "Classify the sentiment of a movie-review sentence.",
+        "Classify the sentiment of a movie-review sentence. Answer with the label only.",
+        "Given the text, answer with the label: positive or negative.",
+    ]
+    assert build_pool(task.make_program(), task, context, max_demos=0, n_demo_sets=0, n_instructions=0
+                      )["predictors"]["self"]["instructions"] == candidates["instructions"][:1]

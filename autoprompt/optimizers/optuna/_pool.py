@@ -1,7 +1,8 @@
 """The candidate pool of the search: instructions and demo sets per predictor, built once per study.
 
-Per predictor: the original instruction plus instructions the proposer LM writes (a candidate it cannot
-produce is skipped and counted), and demo sets: labelled samples of the train split balanced over the
+Per predictor: the original instruction, ``n_templates`` rewordings of it written from the signature
+without an LM (:func:`autoprompt._instructions.paraphrases`), and instructions the proposer LM writes
+(a candidate it cannot produce is skipped and counted); and demo sets: labelled samples of the train split balanced over the
 labels, and demos bootstrapped from the program's own passing traces. The pool is stored in the study
 (``study.user_attrs["pool"]``, versioned) so that every worker and every reader uses the same one.
 """
@@ -44,7 +45,7 @@ class ProposeInstruction(dspy.Signature):
 
 
 def build_pool(program: dspy.Module, task: Any, context: Context, *, max_demos: int, n_demo_sets: int,
-               n_instructions: int) -> dict:
+               n_instructions: int, n_templates: int = 0) -> dict:
     """Instructions and demo sets per predictor; see the module docstring."""
     rng = random.Random(context.seed)
     pool: dict[str, Any] = {"version": POOL_VERSION, "predictors": {}, "skipped": {}}
@@ -52,6 +53,14 @@ def build_pool(program: dspy.Module, task: Any, context: Context, *, max_demos: 
     n_boot = n_demo_sets // 2
     boot_sets, boot_failed = _bootstrap(program, task, context, n_boot, rng, max_demos)
     instructions, inst_failed = _propose(program, task, context, rng, n_instructions)
+    if n_templates:
+        from autoprompt._instructions import paraphrases
+
+        for name, predictor in program.named_predictors():
+            choices = task.choices if task.label_field in predictor.signature.output_fields else None
+            found = instructions[name]
+            extra = [t for t in paraphrases(predictor.signature, choices)[1:] if t not in found][:n_templates]
+            instructions[name] = found[:1] + extra + found[1:]  # original, templates, LM proposals
     for name, predictor in program.named_predictors():
         fields = set(predictor.signature.fields)
         labeled = []

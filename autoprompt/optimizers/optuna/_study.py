@@ -26,6 +26,9 @@ class OptunaSearch(BaseOptimizer):
         max_demos: most demos per predictor.
         n_demo_sets: demo sets per predictor in the pool (half labelled, half bootstrapped).
         n_instructions: instructions to ask the proposer LM for, besides the original.
+        n_templates: rewordings of the original instruction written from the signature without an LM
+            (up to 4: "answer with the label only", the inputs and the declared choices spelled out,
+            ...) added to the candidates. Default 0 until the optimizers benchmark has measured them.
         minibatches: sizes of the growing dev minibatches a trial is scored on; the last step is
             always the whole search dev set.
         max_dev: score trials on at most this many dev examples (a seeded sample); the winner is
@@ -50,6 +53,7 @@ class OptunaSearch(BaseOptimizer):
         max_demos: int = 4,
         n_demo_sets: int = 4,
         n_instructions: int = 2,
+        n_templates: int = 0,
         minibatches: tuple[int, ...] = (20, 50),
         max_dev: int | None = 100,
         pruner: Any = "median",
@@ -63,6 +67,7 @@ class OptunaSearch(BaseOptimizer):
         self.max_demos = max_demos
         self.n_demo_sets = n_demo_sets
         self.n_instructions = n_instructions
+        self.n_templates = n_templates
         self.minibatches = tuple(minibatches)
         self.max_dev = max_dev
         self.pruner = pruner
@@ -145,7 +150,7 @@ class OptunaSearch(BaseOptimizer):
         pool = study.user_attrs.get("pool")
         if pool is None:
             pool = build_pool(program, task, context, max_demos=self.max_demos, n_demo_sets=self.n_demo_sets,
-                              n_instructions=self.n_instructions)
+                              n_instructions=self.n_instructions, n_templates=self.n_templates)
             latest = optuna.load_study(study_name=self.study_name, storage=study._storage).user_attrs.get("pool")
             if latest is None:
                 study.set_user_attr("pool", pool)

@@ -80,7 +80,7 @@ def run_trial(trial: Any, task: Any, pool: dict, devset: list, steps: list[int],
 
     params, task_params = suggest(trial, task, pool, max_demos=max_demos, temperatures=temperatures)
     program = build_program(task, pool, params, task_params)
-    before = context.meter.snapshot()
+    meter = context.meter.child()  # this trial's calls only, also when trials run at once (jobs > 1)
     started = time.monotonic()
     total = 0.0
     done = 0
@@ -89,7 +89,8 @@ def run_trial(trial: Any, task: Any, pool: dict, devset: list, steps: list[int],
     boundaries = set(steps)
     try:
         for i, example in enumerate(devset):
-            prediction, failure = run_one(program, example)
+            with dspy.context(usage_tracker=meter):
+                prediction, failure = run_one(program, example)
             failures += failure is not None
             if failure is not None and failure != "parse":
                 errors += 1
@@ -116,10 +117,9 @@ def run_trial(trial: Any, task: Any, pool: dict, devset: list, steps: list[int],
         trial.set_user_attr("budget_exhausted", True)
         trial.study.stop()
         pruned = True
-    after = context.meter.snapshot()
     prompt_tokens = _prompt_tokens(program, task, devset[0])
-    trial.set_user_attr("lm_calls", after["lm_calls"] - before["lm_calls"])
-    trial.set_user_attr("tokens", after["tokens"] - before["tokens"])
+    trial.set_user_attr("lm_calls", meter.calls)
+    trial.set_user_attr("tokens", meter.tokens)
     trial.set_user_attr("seconds", round(time.monotonic() - started, 3))
     trial.set_user_attr("examples", done)
     trial.set_user_attr("failures", failures)

@@ -1,0 +1,101 @@
+"""What a variant costs and how steady it is, measured on a sample of test examples.
+
+- inference cost: prompt and completion tokens per call and latency per example, with DSPy's
+  response cache off (every call reaches the model);
+- consistency: repeated answers at temperature > 0 agreeing with the greedy answer;
+- wording sensitivity: the score over paraphrases of the instruction, written without an LM from the
+  signature (:func:`paraphrases`), and over the prompt search's best trials.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from typing import Any, Sequence
+
+import dspy
+
+from autoprompt._instructions import paraphrases
+from autoprompt.evaluate import run_one
+from autoprompt.usage import Meter
+
+__all__ = ["consistency", "inference_cost", "paraphrases", "score_with_instruction"]
+
+logger = logging.getLogger(__name__)
+
+
+def _with_instruction(program: dspy.Module, instruction: str) -> dspy.Module:
+    copy = program.deepcopy()
+    for _, predictor in copy.named_predictors():
+        predictor.signature = predictor.signature.with_instructions(instruction)
+    return copy
+
+
+def score_with_instruction(program: dspy.Module, task: Any, examples: Sequence[Any], instruction: str,
+                           lm: Any) -> tuple[float, list[str | None]]:
+    """Mean score of ``program`` with every predictor's instruction replaced (demos kept), and its answers
+    (the label field; ``None`` where it failed)."""
+    changed = _with_instruction(program, instruction)
+    scores, answers = [], []
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+        for example in examples:
+            prediction, failure = run_one(changed, example)
+            scores.append(0.0 if failure else task.score(example, prediction))
+            answers.append(None if failure else str(getattr(prediction, task.label_field, None)))
+    return sum(scores) / len(scores), answers
+
+
+def inference_cost(program: dspy.Module, lm_spec: Any, examples: Sequence[Any]) -> dict[str, Any]:
+    """Tokens per call and seconds per example of ``program`` on ``lm_spec``, every call reaching the
+    model (DSPy's cache off); the first example is run once before timing (loading, warm-up)."""
+    lm = lm_spec.build(cache=False)
+    meter = Meter()
+    latencies: list[float] = []
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+        run_one(program, examples[0])  # warm-up: model load, prompt cache of the shared system message
+        with dspy.context(usage_tracker=meter):
+            for example in examples:
+                t0 = time.perf_counter()
+                run_one(program, example)
+                latencies.append(time.perf_counter() - t0)
+    calls = max(meter.calls, 1)
+    return {
+        "examples": len(examples),
+        "calls": meter.calls,
+        "calls_per_example": round(meter.calls / len(examples), 3),
+        "prompt_tokens_per_call": round(meter.prompt_tokens / calls, 1),
+        "completion_tokens_per_call": round(meter.completion_tokens / calls, 1),
+        "seconds_per_example": round(statistics.mean(latencies), 4),
+        "median_seconds_per_example": round(statistics.median(latencies), 4),
+    }
+
+
+def consistency(program: dspy.Module, task: Any, lm_spec: Any, examples: Sequence[Any], *, repeats: int = 3,
+                temperature: float = 0.7) -> dict[str, Any]:
+    """Share of answers sampled at ``temperature`` (``repeats`` per example, each its own rollout) equal to
+    the greedy answer, and share of examples where all of them agree."""
+    lm = lm_spec.build()
+    field = task.label_field
+    agree, unanimous = 0, 0
+    samplers = [_sampling(program, temperature, r + 1) for r in range(repeats)]
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+        for example in examples:
+            greedy, _ = run_one(program, example)
+            first = None if greedy is None else str(getattr(greedy, field, None))
+            same = 0
+            for sampler in samplers:
+                sampled, _ = run_one(sampler, example)
+                same += int(sampled is not None and str(getattr(sampled, field, None)) == first)
+            agree += same
+            unanimous += int(same == repeats)
+    return {"examples": len(examples), "repeats": repeats, "temperature": temperature,
+            "agreement": round(agree / (repeats * len(examples)), 4),
+            "unanimous": round(unanimous / len(examples), 4)}
+
+
+def _sampling(program: dspy.Module, temperature: float, rollout: int) -> dspy.Module:
+    copy = program.deepcopy()
+    for _, predictor in copy.named_predictors():
+        predictor.config = {**(predictor.config or {}), "temperature": temperature, "rollout_id": rollout}
+    return copy
