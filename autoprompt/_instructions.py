@@ -38,7 +38,8 @@ def paraphrases(signature: Any, choices: Sequence[str] | None) -> list[str]:
         doc,
         f"{doc} Answer with the {outputs} only.",
         f"Given the {inputs}, answer with the {outputs}{answer}.",
-        f"Task: {doc[0].lower() + doc[1:] if doc else 'answer'}. Read the {inputs} carefully before answering.",
+        f"Task: {(doc[0].lower() + doc[1:]).rstrip('.') if doc else 'answer'}. Read the {inputs} carefully before "
+        "answering.",
         f"You are a careful annotator. Read the {inputs} and decide the {outputs}{answer}.",
     ]
     seen: list[str] = []

@@ -54,9 +54,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=sorted(SETTINGS), required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-sizes", type=int, nargs="*", help="override the task's data curve sizes (none: no curve)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    s = SETTINGS[args.task]
+    s = dict(SETTINGS[args.task])
+    if args.data_sizes is not None:
+        s["data_sizes"] = tuple(args.data_sizes)
     run_dir = RUNS / f"{args.task}-s{args.seed}-decide"
     autoprompt.configure_cache(RUNS / f"{run_dir.name}-cache")
     reuse = RUNS / f"{args.task}-s{args.seed}-autoprompt" if s["reuse"] else None
@@ -74,7 +77,7 @@ def main() -> None:
     for name in ("decision.md", "decision.html", "decision.json"):
         shutil.copy(run_dir / name, out / name)
     screenshot(out / "decision.html", out / "decision.png")
-    command = f"python benchmarks/decide.py --task {args.task} --seed {args.seed}"
+    command = " ".join(["python", "benchmarks/decide.py", *sys.argv[1:]])
     (out / "README.md").write_text(
         f"# decide on {args.task}, seed {args.seed}\n\nCommand: `{command}` ({(time.monotonic() - started) / 60:.1f} "
         f"min for this invocation; a resumed one only re-measures what is missing). Variants reused from "

@@ -157,6 +157,7 @@ def decide(
     calls: int | None = 600,
     finetune_minutes: float | None = None,
     max_traces: int | None = 1000,
+    data_options: Mapping[str, Any] | None = None,
     prices: Prices | Mapping[str, float] | None = None,
     samples: int = 20,
     wording_samples: int = 50,
@@ -181,6 +182,8 @@ def decide(
         finetune_minutes: wall-time cap of each fine-tuning (``None``: no cap); below 0.5 the ``w``
             variants are skipped.
         max_traces: traces a ``w`` step trains on (balanced over the labels).
+        data_options: more options of the ``w`` steps' data (:class:`autoprompt.bettertogether.WeightStep`,
+            e.g. ``{"balance": False}``).
         prices: :class:`Prices` or a dict (``input``/``output`` per 1M tokens, ``train_hour``).
         samples: test examples (a seeded, label-stratified sample) for the cost and consistency
             measurements; ``wording_samples`` for the paraphrases and the search's ``top_k`` trials.
@@ -225,16 +228,17 @@ def decide(
         "lm": base.to_dict(),
         "seed": seed,
         "limits": limits,
-        "budget": {"calls": calls, "finetune_minutes": finetune_minutes, "max_traces": max_traces},
-        "measure": {"samples": samples, "wording_samples": wording_samples, "top_k": top_k,
-                    "data_sizes": list(data_sizes)},
+        "budget": {"calls": calls, "finetune_minutes": finetune_minutes, "max_traces": max_traces,
+                   "data_options": dict(data_options or {})},
+        "measure": {"samples": samples, "wording_samples": wording_samples, "top_k": top_k},
+        "data_sizes": list(data_sizes),  # a resumed run may add points to the curve
         "reuse": str(reused.path.resolve()) if reused else None,
         "prices": asdict(prices),
     }
     if resume:
         store.check_resume(config, ("task", "lm", "seed", "limits", "budget", "measure", "reuse"))
     store.write_json("config.json", config)
-    common = _common(base, calls, finetune_minutes, max_traces, seed, limits, progress)
+    common = _common(base, calls, finetune_minutes, max_traces, dict(data_options or {}), seed, limits, progress)
 
     with store.log():
         if reused is not None:
@@ -284,8 +288,8 @@ def load_decision(run_dir: str | os.PathLike) -> Decision:
                     reasons=data["reasons"], run_dir=store.path, config=store.read_json("config.json"))
 
 
-def _common(base: Any, calls: int | None, finetune_minutes: float | None, max_traces: int | None, seed: int,
-            limits: dict[str, int | None], progress: bool) -> dict[str, Any]:
+def _common(base: Any, calls: int | None, finetune_minutes: float | None, max_traces: int | None,
+            data_options: dict[str, Any], seed: int, limits: dict[str, int | None], progress: bool) -> dict[str, Any]:
     """The :func:`better_together` arguments every variant run shares (their steps' options must match
     for a run folder to resume)."""
     from autoprompt.bettertogether import WeightStep
@@ -294,7 +298,7 @@ def _common(base: Any, calls: int | None, finetune_minutes: float | None, max_tr
 
     finetuner = LoRAFinetuner(max_minutes=finetune_minutes, seed=seed, progress=progress)
     return dict(lm=base, budget=Budget(max_calls=calls) if calls else None,
-                steps={"w": WeightStep(finetuner, max_traces=max_traces)}, seed=seed,
+                steps={"w": WeightStep(finetuner, max_traces=max_traces, **data_options)}, seed=seed,
                 train_limit=limits["train"], dev_limit=limits["dev"], test_limit=limits["test"], progress=progress)
 
 
@@ -557,11 +561,17 @@ def _recommend(variants: Mapping[str, Variant], prices: Prices) -> tuple[str, li
     lo, hi = choice.interval or (0.0, 0.0)
     if choice is best:
         runner = ranked[1] if len(ranked) > 1 else None
-        reasons.append(f"{choice.label}: the best test accuracy, {pct(choice.accuracy)} "
-                       f"(95% interval {pct(lo)}-{pct(hi)}, {choice.n} examples)"
-                       + (f", {100 * (choice.accuracy - runner.accuracy):.1f} points above {runner.label} "
-                          f"(p = {tests[runner.name]['p_value']:.3g}, {tests[runner.name]['test']})"  # type: ignore[index]
-                          if runner else "") + ".")
+        text = (f"{choice.label}: the best test accuracy, {pct(choice.accuracy)} (95% interval {pct(lo)}-{pct(hi)}, "
+                f"{choice.n} examples)")
+        if runner is not None:
+            t = tests[runner.name]
+            gap = 100 * (choice.accuracy - runner.accuracy)  # type: ignore[operator]
+            if t["p_value"] < ALPHA:  # type: ignore[index]
+                text += f", {gap:.1f} points above {runner.label} (p = {t['p_value']:.3g}, {t['test']})"  # type: ignore[index]
+            else:
+                text += (f", {gap:.1f} points above {runner.label}, a difference not significant on these examples "
+                         f"(p = {t['p_value']:.3g}, {t['test']}); it is the simpler one")  # type: ignore[index]
+        reasons.append(text + ".")
         simpler = [v for v in ranked if VARIANTS.index(v.name) < VARIANTS.index(choice.name)]
         if simpler and runner is not None and tests[runner.name]["p_value"] < ALPHA:  # type: ignore[index]
             reasons.append("Every simpler variant is significantly worse on the same examples.")
@@ -612,7 +622,7 @@ def _pct(x: float | None) -> str:
 
 def table_rows(d: Decision) -> list[list[str]]:
     """The variants table (header first), shared by ``decision.md`` and ``decision.html``."""
-    rows = [["variant", "test %", "95% interval", "vs next (p)", "prompt tok/call", "compl. tok/call", "s/example",
+    rows = [["variant", "test %", "95% interval", "vs next (p-value)", "prompt tok/call", "compl. tok/call", "s/example",
              "per 1k calls", "making it (min)", "consistency %", "wording spread (pts)", "same answer across wordings %"]]
     for v in d.variants.values():
         if v.skipped:

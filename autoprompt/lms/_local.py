@@ -7,6 +7,14 @@ Generation is tuned for a 135M model that rambles: greedy decoding, a small ``ma
 whenever DSPy asks for structure (``response_format`` with a JSON schema, as DSPy's JSONAdapter
 does), llama.cpp's grammar-constrained decoding so that the answer always parses and a
 ``Literal`` label can only be one of its values.
+
+Greedy decoding under a grammar checks the grammar on the 256 best tokens only (:class:`_LazyGrammarGreedy`,
+as llama.cpp's own ``common_sampler`` checks the chosen token first): llama-cpp-python masks the whole
+49k-token vocabulary with the grammar at every step, which took a third of the decoding time (py-spy,
+a ``w`` step's tracing). The answer is the same token for token: the best allowed token among the best
+256 is the best allowed token; when none of them is allowed the grammar masks the vocabulary as before.
+On SST-2 prompts three steps in four take the short path and a call is about 20% faster
+(0.19 -> 0.155 s; ``tests/lms/test_local.py`` checks the tokens against llama-cpp-python's own chain).
 """
 
 from __future__ import annotations
@@ -86,6 +94,7 @@ class LlamaCppEngine(BaseEngine):
         n_threads: int | None = None,
         max_tokens: int = DEFAULT_MAX_TOKENS,
         seed: int = 0,
+        lazy_grammar: bool = True,
     ) -> None:
         self.model_path = Path(model_path) if model_path else smollm2_path()
         self.lora_path = Path(lora_path) if lora_path else None
@@ -93,6 +102,7 @@ class LlamaCppEngine(BaseEngine):
         self.n_threads = n_threads or int(os.environ.get("AUTOPROMPT_LLAMA_THREADS", 0)) or os.cpu_count()
         self.max_tokens = max_tokens
         self.seed = seed
+        self.lazy_grammar = lazy_grammar
         self._llama: Any = None
         self._lock = threading.Lock()
         for p in (self.model_path, self.lora_path):
@@ -115,6 +125,7 @@ class LlamaCppEngine(BaseEngine):
             "n_ctx": self.n_ctx,
             "max_tokens": self.max_tokens,
             "seed": self.seed,
+            "lazy_grammar": self.lazy_grammar,
         }
 
     @classmethod
@@ -137,7 +148,7 @@ class LlamaCppEngine(BaseEngine):
                 kwargs["n_threads"] = kwargs["n_threads_batch"] = self.n_threads
             if self.lora_path is not None:
                 kwargs["lora_path"] = str(self.lora_path)
-            self._llama = llama_cpp.Llama(**kwargs)
+            self._llama = (_lazy_llama_class() if self.lazy_grammar else llama_cpp.Llama)(**kwargs)
             logger.info("loaded %s in %.1f s", self.model_id, time.monotonic() - started)
         return self._llama
 
@@ -202,3 +213,74 @@ class LlamaCppEngine(BaseEngine):
                 input_tokens=usage.get("prompt_tokens"), output_tokens=usage.get("completion_tokens")
             ),
         )
+
+
+_LAZY_CLASS: Any = None
+
+
+def _lazy_llama_class() -> Any:
+    """``llama_cpp.Llama`` whose greedy decoding under a grammar uses :class:`_LazyGrammarGreedy`."""
+    global _LAZY_CLASS
+    if _LAZY_CLASS is None:
+        import llama_cpp
+
+        class LazyGrammarLlama(llama_cpp.Llama):
+            def _init_sampler(self, **kwargs: Any) -> Any:
+                neutral = (kwargs.get("temp") == 0.0 and kwargs.get("grammar") is not None
+                           and kwargs.get("logits_processor") is None and kwargs.get("repeat_penalty", 1.0) == 1.0
+                           and not kwargs.get("frequency_penalty") and not kwargs.get("presence_penalty")
+                           and not kwargs.get("mirostat_mode"))
+                if neutral:
+                    return _LazyGrammarGreedy(self, kwargs["grammar"])
+                return super()._init_sampler(**kwargs)
+
+        _LAZY_CLASS = LazyGrammarLlama
+    return _LAZY_CLASS
+
+
+class _LazyGrammarGreedy:
+    """Greedy sampling under a grammar, checking the grammar on the best few tokens first.
+
+    The ``TOP`` tokens with the highest logits go through the grammar; the best one it allows is the
+    answer (the grammar only removes tokens, so it is then the best allowed token of the whole
+    vocabulary; ties go to the lower token id, as llama.cpp's greedy sampler does). Only when the
+    grammar allows none of them does it mask the whole vocabulary, as llama-cpp-python's own chain
+    (grammar, then greedy) does at every step. The grammar's state advances with every token either way.
+    """
+
+    TOP = 256
+
+    def __init__(self, llama: Any, grammar: Any) -> None:
+        import ctypes
+
+        import llama_cpp
+        from llama_cpp._internals import LlamaSampler
+
+        self._lib = llama_cpp
+        self._ctypes = ctypes
+        self.n_vocab = llama.n_vocab()
+        self.chain = LlamaSampler()  # the full path: grammar over the vocabulary, then greedy
+        self.chain.add_grammar(llama._model, grammar)
+        self.chain.add_greedy()
+        self.grammar = llama_cpp.llama_sampler_chain_get(self.chain.sampler, 0)
+        self.cells = (llama_cpp.llama_token_data * self.TOP)()
+        self.array = llama_cpp.llama_token_data_array(data=self.cells, size=self.TOP, selected=-1, sorted=False)
+        self.lazy = self.full = 0  # steps decided each way (tests look)
+
+    def sample(self, ctx: Any, idx: int = -1) -> int:
+        import numpy as np
+
+        logits = np.ctypeslib.as_array(self._lib.llama_get_logits_ith(ctx.ctx, idx), shape=(self.n_vocab,))
+        top = np.argpartition(-logits, self.TOP)[: self.TOP]
+        for cell, token in zip(self.cells, top.tolist()):
+            cell.id, cell.logit, cell.p = token, float(logits[token]), 0.0
+        self.array.size, self.array.selected, self.array.sorted = self.TOP, -1, False
+        self._lib.llama_sampler_apply(self.grammar, self._ctypes.byref(self.array))
+        allowed = [(-cell.logit, cell.id) for cell in self.cells if cell.logit != float("-inf")]
+        if allowed:
+            token = min(allowed)[1]
+            self._lib.llama_sampler_accept(self.chain.sampler, token)
+            self.lazy += 1
+            return token
+        self.full += 1
+        return self.chain.sample(ctx, idx)  # the grammar over the vocabulary; accepts the token

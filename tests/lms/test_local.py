@@ -102,3 +102,38 @@ def test_engine_chat_without_dspy_honours_a_json_schema():
     import json
 
     assert json.loads(out["choices"][0]["message"]["content"])["answer"] in ("yes", "no")
+
+
+def test_lazy_grammar_greedy_decodes_the_same_tokens():
+    """The grammar checked on the best token only gives, token for token, what masking the whole vocabulary
+    gives: real prompts of the three shipped tasks' shapes (2, 3 and 77 labels), JSON schemas with enums,
+    greedy, compared with llama-cpp-python's own sampler chain; and most steps take the cheap path."""
+    import json
+    from pathlib import Path
+
+    import autoprompt
+
+    root = Path(__file__).resolve().parents[2] / "tasks"
+    lazy, plain = LlamaCppEngine(), LlamaCppEngine(lazy_grammar=False)
+    checked = cheap = expensive = 0
+    for name, n in (("sentiment", 12), ("iris", 6), ("banking77", 6)):
+        task = autoprompt.load_task(str(root / f"{name}.py"))
+        schema = {"type": "object", "properties": {task.label_field: {"type": "string", "enum": task.choices}},
+                  "required": [task.label_field]}
+        fmt = {"type": "json_object", "schema": schema}
+        for example in task.examples("test", limit=n):
+            inputs = "; ".join(f"{k}: {example[k]}" for k in task.input_fields)
+            messages = [{"role": "system", "content": f"{task.signature.instructions} Answer as JSON."},
+                        {"role": "user", "content": inputs}]
+            a = lazy.chat(messages, response_format=fmt, max_tokens=48)["choices"][0]["message"]["content"]
+            b = plain.chat(messages, response_format=fmt, max_tokens=48)["choices"][0]["message"]["content"]
+            assert a == b, (name, inputs, a, b)
+            assert json.loads(a)[task.label_field] in task.choices
+            sampler = lazy.llama._sampler
+            cheap, expensive = cheap + sampler.lazy, expensive + sampler.full
+            checked += 1
+    assert checked == 24 and cheap > expensive  # the vocabulary-wide mask is the exception
+    # temperature > 0 keeps llama-cpp-python's own chain (sampling from the masked distribution)
+    lazy.chat([{"role": "user", "content": "Say hi as JSON."}], response_format={"type": "json_object"},
+              temperature=0.7, max_tokens=8)
+    assert not hasattr(lazy.llama._sampler, "lazy")
