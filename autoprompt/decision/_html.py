@@ -60,12 +60,12 @@ def _plots(decision: Any) -> list[str]:
     matplotlib.rcParams["svg.hashsalt"] = "autoprompt"  # the same run gives the same page
     scored = [v for v in decision.variants.values() if v.accuracy is not None]
     out = []
-    fig, ax = plt.subplots(figsize=(5.5, 0.5 + 0.45 * max(len(scored), 1)))
+    fig, ax = plt.subplots(figsize=(5.5, 1.2 + 0.45 * max(len(scored), 1)))
     for i, v in enumerate(scored):
         lo, hi = v.interval or (v.accuracy, v.accuracy)
         ax.errorbar(100 * v.accuracy, i, xerr=[[100 * (v.accuracy - lo)], [100 * (hi - v.accuracy)]], fmt="o",
                     capsize=4, color="#2a7" if v.name == decision.recommendation else "#357")
-    ax.set_yticks(range(len(scored)), [v.label for v in scored], fontsize=8)
+    ax.set_yticks(range(len(scored)), [v.name for v in scored], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("test accuracy % (95% bootstrap interval)")
     out.append(_figure(fig, "plot-accuracy", "Test accuracy of each variant with its 95% bootstrap interval "
