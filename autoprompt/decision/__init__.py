@@ -31,7 +31,13 @@ from typing import Any, Mapping, Sequence
 
 from autoprompt._exceptions import ExportError, FinetuneError, OptionError, TaskError
 from autoprompt._version import __version__
-from autoprompt.decision._measure import consistency, inference_cost, paraphrases, score_with_instruction
+from autoprompt.decision._measure import (
+    consistency,
+    inference_cost,
+    paraphrases,
+    score_with_instruction,
+    task_paraphrases,
+)
 from autoprompt.decision._stats import bootstrap_ci, paired_test
 from autoprompt.store import FORMATS, RunStore
 
@@ -403,8 +409,8 @@ def _test_scores(step: Any) -> tuple[list[float], list[Any]]:
     return [float(r["score"]) for r in records], [r.get("inputs") for r in records]
 
 
-def _fill(variant: Variant, step: Any, steps: Mapping[str, Any], task: Any, store: RunStore, prices: Prices, *, samples: int,
-          wording_samples: int, top_k: int, seed: int, progress: bool) -> None:
+def _fill(variant: Variant, step: Any, steps: Mapping[str, Any], task: Any, store: RunStore, prices: Prices, *,
+          samples: int, wording_samples: int, top_k: int, seed: int, progress: bool) -> None:
     scores, inputs = _test_scores(step)
     variant.scores, variant.inputs = scores, inputs
     variant.n = len(scores)
@@ -438,10 +444,10 @@ def _measure(step: Any, task: Any, *, samples: int, wording_samples: int, top_k:
         wording_sample = task.examples("test", limit=wording_samples, seed=seed)
         lm = step.lm.build()
         own = [p.signature.instructions for _, p in step.program.named_predictors()]
-        texts = paraphrases(task.signature, task.choices)
         by_text, answers = {}, []
-        for text in texts:
-            by_text[text], said = score_with_instruction(step.program, task, wording_sample, text, lm)
+        for wording in task_paraphrases(task):  # per predictor of a multi-stage program; one text for one
+            text = " / ".join(wording.values())
+            by_text[text], said = score_with_instruction(step.program, task, wording_sample, wording, lm)
             answers.append(said)
         bar.update()
         trials = _top_trials(step, task, wording_sample, top_k, lm)

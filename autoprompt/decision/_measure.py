@@ -20,23 +20,35 @@ from autoprompt._instructions import paraphrases
 from autoprompt.evaluate import run_one
 from autoprompt.usage import Meter
 
-__all__ = ["consistency", "inference_cost", "paraphrases", "score_with_instruction"]
+__all__ = ["consistency", "inference_cost", "paraphrases", "score_with_instruction", "task_paraphrases"]
 
 logger = logging.getLogger(__name__)
 
 
-def _with_instruction(program: dspy.Module, instruction: str) -> dspy.Module:
+def _with_instructions(program: dspy.Module, instructions: dict[str, str]) -> dspy.Module:
     copy = program.deepcopy()
-    for _, predictor in copy.named_predictors():
-        predictor.signature = predictor.signature.with_instructions(instruction)
+    for name, predictor in copy.named_predictors():
+        if name in instructions:
+            predictor.signature = predictor.signature.with_instructions(instructions[name])
     return copy
 
 
-def score_with_instruction(program: dspy.Module, task: Any, examples: Sequence[Any], instruction: str,
+def task_paraphrases(task: Any) -> list[dict[str, str]]:
+    """Per wording, the instruction of each predictor of the task's own program: paraphrases of each
+    predictor's original instruction (the declared choices spelled out where it outputs the label)."""
+    per_predictor = {}
+    for name, predictor in task.make_program().named_predictors():
+        choices = task.choices if task.label_field in predictor.signature.output_fields else None
+        per_predictor[name] = paraphrases(predictor.signature, choices)
+    n = min(len(texts) for texts in per_predictor.values())
+    return [{name: texts[i] for name, texts in per_predictor.items()} for i in range(n)]
+
+
+def score_with_instruction(program: dspy.Module, task: Any, examples: Sequence[Any], instructions: dict[str, str],
                            lm: Any) -> tuple[float, list[str | None]]:
-    """Mean score of ``program`` with every predictor's instruction replaced (demos kept), and its answers
-    (the label field; ``None`` where it failed)."""
-    changed = _with_instruction(program, instruction)
+    """Mean score of ``program`` with its predictors' instructions replaced (``{predictor: instruction}``;
+    demos kept), and its answers (the label field; ``None`` where it failed)."""
+    changed = _with_instructions(program, instructions)
     scores, answers = [], []
     with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
         for example in examples:
