@@ -35,6 +35,7 @@ from autoprompt.decision._measure import (
     consistency,
     inference_cost,
     paraphrases,
+    score_program,
     score_with_instruction,
     task_paraphrases,
 )
@@ -471,10 +472,8 @@ def _measure(step: Any, task: Any, *, samples: int, wording_samples: int, top_k:
 def _top_trials(step: Any, task: Any, examples: list[Any], k: int, lm: Any) -> list[dict[str, Any]]:
     """The ``k`` best trials of the step's own prompt search (when its last step was one), rescored on
     ``examples`` with the step's LM."""
-    import dspy
     import optuna
 
-    from autoprompt.evaluate import run_one
     from autoprompt.optimizers.optuna import program_of_trial
 
     db = step.path / "run" / "study.db"
@@ -486,13 +485,8 @@ def _top_trials(step: Any, task: Any, examples: list[Any], k: int, lm: Any) -> l
     out = []
     for trial in sorted(complete, key=lambda t: -t.values[0])[:k]:
         program, _ = program_of_trial(study, task, trial.number)
-        scores = []
-        with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
-            for example in examples:
-                prediction, failure = run_one(program, example)
-                scores.append(0.0 if failure else task.score(example, prediction))
-        out.append({"trial": trial.number, "search_score": round(trial.values[0], 4),
-                    "score": round(sum(scores) / len(scores), 4)})
+        score, _ = score_program(program, task, examples, lm)
+        out.append({"trial": trial.number, "search_score": round(trial.values[0], 4), "score": round(score, 4)})
     return out
 
 

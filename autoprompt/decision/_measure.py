@@ -20,7 +20,8 @@ from autoprompt._instructions import paraphrases
 from autoprompt.evaluate import run_one
 from autoprompt.usage import Meter
 
-__all__ = ["consistency", "inference_cost", "paraphrases", "score_with_instruction", "task_paraphrases"]
+__all__ = ["consistency", "inference_cost", "paraphrases", "score_program", "score_with_instruction",
+           "task_paraphrases"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,18 +45,21 @@ def task_paraphrases(task: Any) -> list[dict[str, str]]:
     return [{name: texts[i] for name, texts in per_predictor.items()} for i in range(n)]
 
 
-def score_with_instruction(program: dspy.Module, task: Any, examples: Sequence[Any], instructions: dict[str, str],
-                           lm: Any) -> tuple[float, list[str | None]]:
-    """Mean score of ``program`` with its predictors' instructions replaced (``{predictor: instruction}``;
-    demos kept), and its answers (the label field; ``None`` where it failed)."""
-    changed = _with_instructions(program, instructions)
+def score_program(program: dspy.Module, task: Any, examples: Sequence[Any], lm: Any) -> tuple[float, list[str | None]]:
+    """Mean score of ``program`` on ``examples`` and its answers (the label field; ``None`` where it failed)."""
     scores, answers = [], []
     with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
         for example in examples:
-            prediction, failure = run_one(changed, example)
+            prediction, failure = run_one(program, example)
             scores.append(0.0 if failure else task.score(example, prediction))
             answers.append(None if failure else str(getattr(prediction, task.label_field, None)))
     return sum(scores) / len(scores), answers
+
+
+def score_with_instruction(program: dspy.Module, task: Any, examples: Sequence[Any], instructions: dict[str, str],
+                           lm: Any) -> tuple[float, list[str | None]]:
+    """:func:`score_program` with the predictors' instructions replaced (``{predictor: instruction}``; demos kept)."""
+    return score_program(_with_instructions(program, instructions), task, examples, lm)
 
 
 def inference_cost(program: dspy.Module, lm_spec: Any, examples: Sequence[Any]) -> dict[str, Any]:
