@@ -69,7 +69,7 @@ def test_bad_options_are_one_line_naming_the_option_and_its_type(tmp_path):
          "optimizer 'optuna': option n_trials takes int, got 'abc' (str)"),
         (("better-together", TASKS / "iris.py", "--option", "n_trials=abc"), "option n_trials takes int"),
         (("better-together", TASKS / "iris.py", "--finetune-option", "epochs=2.5"),
-         "finetuner 'lora': option epochs takes int, got 2.5 (float)"),
+         "finetuner 'lora': option epochs takes int or None, got 2.5 (float)"),
         (("better-together", TASKS / "iris.py", "--data-option", "max_tracez=10"),
          "the w step's data takes no option 'max_tracez'"),
         (("better-together", TASKS / "iris.py", "--data-option", "balance=yes"),

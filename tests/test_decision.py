@@ -157,7 +157,8 @@ def decided(tmp_path_factory: pytest.TempPathFactory):
     the 135M model's passing traces on iris are nearly all 'setosa'), the data curve at 20 examples; killed
     (kill -9) once the first variant is measured, then resumed to the end. ~5 min on 2 cores."""
     run = tmp_path_factory.mktemp("decide") / "run"
-    flags = ["--calls", "60", "--finetune-minutes", "1", "--data-option", "balance=false", "--samples", "4",
+    flags = ["--calls", "60", "--finetune-minutes", "1", "--finetune-option", "epochs=2", "--data-option", "balance=false",
+             "--samples", "4",
              "--wording-samples", "8", "--top-k", "2", "--train-limit", "20", "--dev-limit", "10", "--test-limit", "20",
              "--data-sizes", "10", "--price-input", "0.2",
              "--price-output", "0.6", "--price-train-hour", "3", "--no-progress", "--cache-dir", str(run.parent / "cache")]

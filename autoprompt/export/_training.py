@@ -143,7 +143,8 @@ def compile_training_data(
             (``labels.missing``) and logged; fewer than two labels with one raises ``ExportError``.
         max_rounds: attempts per example (``answers="program"``): an example whose first answer
             (greedy, as served) fails the metric is run again up to ``max_rounds - 1`` times with a
-            fresh rollout at temperature 1.0, seeded per example and round (a hash of the seed, the
+            fresh rollout at temperature 1.0 and ``top_p=1.0`` (the whole distribution: llama.cpp's default
+            top-k 40 / min-p 0.05 cuts would drop a label the model gives 3%), seeded per example and round (a hash of the seed, the
             example's inputs and the round: reproducible, and each rollout cached), and the first passing
             answer is kept, as DSPy's ``BootstrapFewShot(max_rounds=)``
             does. A program biased towards one label passes the metric on few examples of the others;
@@ -271,10 +272,11 @@ def _attempt(program: dspy.Module, example: Any, task: Any, adapter: Any, thresh
              seed: int) -> tuple[list, str | None, bool]:
     """One run of ``program`` with tracing: ``(trace, failure, passed)``; rounds after the first sample."""
     settings: dict[str, Any] = {"trace": [], "adapter": adapter}
-    if round_ > 1:  # DSPy's bootstrap rounds: a fresh rollout at temperature 1.0 (seeded, so reproducible)
+    if round_ > 1:  # DSPy's bootstrap rounds: a fresh rollout at temperature 1.0 (seeded, so reproducible),
+        # from the whole distribution (top_p=1.0; the local engine then turns llama.cpp's top-k/min-p cuts off)
         if dspy.settings.lm is None:
             raise ExportError("max_rounds > 1 samples from the current DSPy LM; none is configured")
-        settings["lm"] = dspy.settings.lm.copy(rollout_id=round_ - 1, temperature=1.0,
+        settings["lm"] = dspy.settings.lm.copy(rollout_id=round_ - 1, temperature=1.0, top_p=1.0,
                                                seed=rollout_seed(seed, example, round_))
     with dspy.context(**settings):
         prediction, failure = run_one(program, example)

@@ -182,8 +182,8 @@ class LlamaCppEngine(BaseEngine):
             "max_tokens": config.max_tokens or self.max_tokens,
             "temperature": 0.0 if config.temperature is None else config.temperature,
         }
-        if config.top_p is not None:
-            params["top_p"] = config.top_p
+        if config.top_p is not None:  # nucleus sampling as asked (OpenAI's meaning): llama.cpp's own cuts off
+            params.update(top_p=config.top_p, top_k=0, min_p=0.0)
         if config.stop:
             params["stop"] = list(config.stop)
         if config.seed is not None:
@@ -232,6 +232,14 @@ def _lazy_llama_class() -> Any:
                            and not kwargs.get("mirostat_mode"))
                 if neutral:
                     return _LazyGrammarGreedy(self, kwargs["grammar"])
+                plain = (kwargs.get("temp", 0.8) > 0.0 and kwargs.get("grammar") is not None
+                         and kwargs.get("logits_processor") is None and kwargs.get("repeat_penalty", 1.0) == 1.0
+                         and not kwargs.get("frequency_penalty") and not kwargs.get("presence_penalty")
+                         and not kwargs.get("mirostat_mode") and kwargs.get("top_k", 40) <= 0
+                         and kwargs.get("top_p", 0.95) >= 1.0 and kwargs.get("min_p", 0.05) <= 0.0
+                         and kwargs.get("typical_p", 1.0) >= 1.0)
+                if plain:
+                    return _LazyGrammarSampler(self, kwargs["grammar"], kwargs["temp"])
                 return super()._init_sampler(**kwargs)
 
         _LAZY_CLASS = LazyGrammarLlama
@@ -284,3 +292,52 @@ class _LazyGrammarGreedy:
             return token
         self.full += 1
         return self.chain.sample(ctx, idx)  # the grammar over the vocabulary; accepts the token
+
+
+class _LazyGrammarSampler:
+    """Sampling at a temperature (no top-k/top-p/min-p cut) under a grammar, checking one token first.
+
+    A token is drawn from the whole vocabulary's distribution at ``temp``; when the grammar allows
+    it, it is the answer, otherwise the grammar masks the vocabulary and a token is drawn from what
+    it allows, as llama-cpp-python's chain (grammar, temperature, dist) does at every step. Either way
+    the token follows the distribution restricted to the allowed tokens (rejection sampling: an
+    accepted first draw is distributed like that, and so is the fallback), so only the random
+    numbers differ from llama-cpp-python's chain, not the distribution. Seeded by the call's seed.
+    """
+
+    def __init__(self, llama: Any, grammar: Any, temp: float) -> None:
+        import ctypes
+
+        import llama_cpp
+        import numpy as np
+        from llama_cpp._internals import LlamaSampler
+
+        self._lib, self._ctypes, self._np = llama_cpp, ctypes, np
+        self.n_vocab = llama.n_vocab()
+        self.temp = float(temp)
+        self.rng = np.random.default_rng(llama._seed)
+        self.chain = LlamaSampler()  # the full path: grammar over the vocabulary, temperature, dist
+        self.chain.add_grammar(llama._model, grammar)
+        self.chain.add_temp(self.temp)
+        self.chain.add_dist(llama._seed)
+        self.grammar = llama_cpp.llama_sampler_chain_get(self.chain.sampler, 0)
+        self.cell = (llama_cpp.llama_token_data * 1)()
+        self.array = llama_cpp.llama_token_data_array(data=self.cell, size=1, selected=-1, sorted=False)
+        self.lazy = self.full = 0
+
+    def sample(self, ctx: Any, idx: int = -1) -> int:
+        np = self._np
+        logits = np.ctypeslib.as_array(self._lib.llama_get_logits_ith(ctx.ctx, idx), shape=(self.n_vocab,))
+        scaled = logits.astype(np.float64) / self.temp
+        weights = np.exp(scaled - scaled.max())
+        token = int(np.searchsorted(np.cumsum(weights), self.rng.random() * weights.sum(), side="right"))
+        token = min(token, self.n_vocab - 1)
+        self.cell[0].id, self.cell[0].logit, self.cell[0].p = token, float(logits[token]), 0.0
+        self.array.size, self.array.selected, self.array.sorted = 1, -1, False
+        self._lib.llama_sampler_apply(self.grammar, self._ctypes.byref(self.array))
+        if self.cell[0].logit != float("-inf"):
+            self._lib.llama_sampler_accept(self.chain.sampler, token)
+            self.lazy += 1
+            return token
+        self.full += 1
+        return self.chain.sample(ctx, idx)

@@ -26,7 +26,7 @@ def tuned(tmp_path_factory: pytest.TempPathFactory):
     data = TrainingData(train=[{"predictor": "self", "messages": _messages(i)} for i in WORDS],
                         val=[{"predictor": "self", "messages": _messages("alpha")}],
                         counts={"records": 4}, manifest={"task": "secret-words"})
-    tuner = LoRAFinetuner(epochs=30, batch_size=4, learning_rate=3e-3, patience=None, progress=False)
+    tuner = LoRAFinetuner(epochs=30, batch_size=4, learning_rate=3e-3, patience=None, max_evals=None, progress=False)
     return tuner.finetune(data, tmp_path_factory.mktemp("lora"))
 
 
@@ -66,7 +66,7 @@ def test_training_stops_when_validation_stops_improving(tmp_path) -> None:
     contradiction = _messages("alpha")[:-1] + [{"role": "assistant", "content": '{"word": "volcano"}'}]
     data = TrainingData(train=[{"predictor": "self", "messages": _messages(i)} for i in WORDS],
                         val=[{"predictor": "self", "messages": contradiction}], counts={}, manifest={})
-    result = LoRAFinetuner(epochs=12, batch_size=4, learning_rate=3e-3, evals_per_epoch=1, patience=2,
+    result = LoRAFinetuner(epochs=12, batch_size=4, learning_rate=3e-3, evals_per_epoch=1, patience=2, min_steps=1,
                            progress=False).finetune(data, tmp_path)
     m = result.metrics
     assert m["stopped_early"] is True and m["planned_steps"] == 12
@@ -75,6 +75,18 @@ def test_training_stops_when_validation_stops_improving(tmp_path) -> None:
     best = scores.index(max(scores))
     assert m["best"] == m["evals"][best] and len(scores) - 1 - best == 2  # stopped 2 points after the best
     assert (tmp_path / "adapter.gguf").is_file()
+
+
+def test_small_data_trains_for_min_steps_with_evenly_spaced_validation(tmp_path) -> None:
+    """epochs=None on 4 examples (1 step per epoch): as many epochs as min_steps needs, at most max_evals
+    validation points, and early stopping (patience=1, every point after the first is worse) waits for
+    min_steps: on small data the validation accuracy stays flat for many steps before it rises."""
+    contradiction = _messages("alpha")[:-1] + [{"role": "assistant", "content": '{"word": "volcano"}'}]
+    data = TrainingData(train=[{"predictor": "self", "messages": _messages(i)} for i in WORDS],
+                        val=[{"predictor": "self", "messages": contradiction}], counts={}, manifest={})
+    m = LoRAFinetuner(batch_size=4, min_steps=8, max_evals=4, patience=1, progress=False).finetune(data, tmp_path).metrics
+    assert m["epochs"] == 8 and m["planned_steps"] == m["steps"] == 8 and m["stopped_early"] is False
+    assert [e["step"] for e in m["evals"]] == [2, 4, 6, 8]
 
 
 def test_a_time_budget_stops_training_and_scores_the_last_step(tmp_path) -> None:
