@@ -190,13 +190,17 @@ def report() -> str:
         "zero-shot program on the fine-tuned LM re-scores from the cache, hence its short step time). "
         "'step min' is the step's wall time including its scoring on dev and test; 'fit min' the part before "
         "scoring (the p search; the w step's tracing, fine-tuning and validation). Sides: `autoprompt` = the "
-        "defaults; `recipe-v2` = cells of the w recipe before early stopping (sampling rounds, lr 3e-3, every "
-        "planned LoRA step; its iris cells are under `autoprompt`: no validation share there, so early stopping "
-        "does not apply; its sentiment `p -> w` found the greedy round's answers in the side's cache, left by the "
-        "`shared-seed` run in the same folder: tracing 4.9 min where the cold `autoprompt` side took 11.1); `recipe-v1` = cells of the previous w recipe (greedy traces only, LoRA learning rate 1e-3), kept "
+        "defaults (sentiment seed 0 before the last two changes below, which do not apply at its size except the "
+        "sampling cut: llama.cpp's top-k 40 / min-p 0.05 were still on in its rounds; iris from the current "
+        "defaults: at least 150 LoRA steps on small data, rounds sampling the whole distribution); `recipe-v2` = "
+        "cells of the w recipe before early stopping, the small-data steps and the uncut sampling (sampling "
+        "rounds, lr 3e-3, 2 epochs; its sentiment `p -> w` found the greedy round's answers in the side's cache, "
+        "left by the `shared-seed` run in the same folder: tracing 4.9 min where the cold `autoprompt` side took "
+        "11.1); `gold-v2` = gold labels with that recipe (iris: 2 epochs, 10 steps); `recipe-v1` = cells of the "
+        "previous w recipe (greedy traces only, LoRA learning rate 1e-3), kept "
         "for comparison; `shared-seed` = cells of the sampling rounds as first committed (one seed per round for "
         "every example, a bug fixed since; lr 3e-3); `rounds-N` = w with max_rounds=N; `gold` = w on gold labels (the recipe's ceiling "
-        "at that data size; its seed-0 cells used learning rate 1e-3).",
+        "at that data size; its sentiment seed-0 cells used learning rate 1e-3).",
         "",
     ]
     for task in sorted({c["task"] for c in cells}):

@@ -161,3 +161,23 @@ def test_a_killed_run_resumes_from_its_last_finished_step(tmp_path) -> None:
     # the resumed run is the same run: other options are refused with the fix
     other = cli(*[a if a != 12 else 16 for a in args], "--resume")
     assert other.returncode == 2 and "cannot resume" in other.stderr and "limits" in other.stderr
+
+
+def test_a_p_step_keeps_the_program_it_was_given_when_the_search_does_worse_on_dev(tmp_path) -> None:
+    """The given program stays a candidate: its known dev score (the parent step's, same LM and rows) is
+    compared with the search's best; below it, the step returns the given program unchanged."""
+    from autoprompt.bettertogether import PromptStep, StepContext
+
+    task = autoprompt.load_task(TASKS / "iris.py")
+    given = task.make_program()
+    given.predictors()[0].signature = given.predictors()[0].signature.with_instructions("Name the iris species.")
+    step = PromptStep("optuna", budget=24, n_trials=2)
+    context = StepContext(task, tmp_path / "p", limits={"train": 10, "dev": 6}, progress=False, name="x -> p",
+                          parent="x")
+    better = step.run(State(given, LMSpec.parse("local"), scores={"dev": 1.01}), context)
+    assert better.program is given and better.details["kept"] == "incoming"
+    assert better.details["incoming_dev"] == 1.01 and 0.0 <= better.details["search_dev"] <= 1.0
+    context.resume = True  # the finished study again: no new trial, same best program
+    worse = step.run(State(given, LMSpec.parse("local"), scores={"dev": -0.01}), context)
+    assert worse.program is not given and worse.details["kept"] == "search"
+    assert worse.details["evaluations"]["dev"].score == better.details["search_dev"]

@@ -299,7 +299,8 @@ def better_together(
                 logger.info("BetterTogether step %r (from %r)", name, parent.strategy)
                 context = StepContext(task, folder, seed=seed, progress=progress, limits=limits, resume=resume,
                                       name=name, parent=parent.strategy)
-                state = letters[parts[-1]].run(State(parent.program, parent.lm), context)
+                given = State(parent.program, parent.lm, scores={k: e.score for k, e in parent.evaluations.items()})
+                state = letters[parts[-1]].run(given, context)
             evaluations = state.details.pop("evaluations", {}) if state.details else {}
             step = Step(name, state.program, state.lm, evaluations=dict(evaluations),
                         details=state.details, path=folder, fit_seconds=time.monotonic() - t0)

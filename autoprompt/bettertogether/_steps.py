@@ -38,11 +38,14 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class State:
-    """A program and the LM it runs on; ``details`` says what the step that made it did."""
+    """A program and the LM it runs on; ``details`` says what the step that made it did; ``scores``
+    what the program is known to score on this LM (``{split: score}``; the runner passes the parent
+    step's, so a step can tell whether it improved on what it was given)."""
 
     program: dspy.Module
     lm: LMSpec
     details: dict[str, Any] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -86,7 +89,11 @@ class PromptStep(BaseStep):
         **optimizer_options: the optimizer's constructor options (e.g. ``n_trials=8``).
 
     Each ``p`` searches the task's program afresh on the current LM: what earlier steps learnt is
-    carried by the (fine-tuned) LM. A killed ``p`` resumes its Optuna study (``context.resume``).
+    carried by the (fine-tuned) LM. The program it was given stays a candidate: when the search's best
+    program scores below it on dev (the split the search selects on, same rows, same LM), the step
+    keeps the given one (``details["kept"] = "incoming"``): a ``p`` never makes the dev score worse.
+    Measured on iris seed 0: the search after ``p -> w`` returned 64% dev / 68% test where its
+    incoming program had 82% / 86%. A killed ``p`` resumes its Optuna study (``context.resume``).
     """
 
     def __init__(self, optimizer: Any = "optuna", *, budget: Any = None, **optimizer_options: Any) -> None:
@@ -115,9 +122,16 @@ class PromptStep(BaseStep):
         run = optimize(context.task, lm=lm, optimizer=self.optimizer, seed=context.seed, budget=self.budget,
                        run_dir=run_dir, resume=resume, train_limit=context.limits.get("train"),
                        dev_limit=context.limits.get("dev"), progress=context.progress, **self.optimizer_options)
-        return State(run.program, state.lm, details={
-            "run_dir": str(run_dir.relative_to(context.folder.parent.parent)), "usage": run.usage,
-            "evaluations": {"dev": run.evaluations[("optimized", "dev")]}})
+        details = {"run_dir": str(run_dir.relative_to(context.folder.parent.parent)), "usage": run.usage}
+        found = run.evaluations[("optimized", "dev")]
+        given = state.scores.get("dev")
+        if given is not None and found.score < given:
+            logger.info("step %r: the search's best program scores %.4f on dev, below the %.4f of the program "
+                        "step %r gave it; keeping that one", context.name, found.score, given, context.parent)
+            return State(state.program, state.lm, details={**details, "kept": "incoming",
+                                                           "search_dev": found.score, "incoming_dev": given})
+        return State(run.program, state.lm, details={**details, "kept": "search",
+                                                     "evaluations": {"dev": found}})
 
 
 class WeightStep(BaseStep):

@@ -70,7 +70,8 @@ class LoRAFinetuner(BaseFinetuner):
             in ``benchmarks/results/lora_sweep.md``: on 134 SST-2 examples 2 epochs at 1e-3 scored 78.4% test,
             at 3e-3 86.9% (1e-3 needs 6 epochs, 2.3x the time, for 87.2%).
         epochs: passes over the training data. ``None`` (default): 2, or more on small data so that
-            training runs at least ``min_steps`` optimizer steps (40 iris traces: 30 epochs).
+            training runs at least ``min_steps`` optimizer steps, up to ``MAX_AUTO_EPOCHS`` (30: 36 iris
+            traces get 150 steps; 4 examples get 30, not 150 passes over the same 4).
         min_steps: the floor of the automatic epochs, and early stopping never ends training before
             it. Small data needs many steps: on 40 gold-labelled iris examples the validation accuracy
             stayed at 0.3-0.4 for 80 steps, reached 1.0 at step 110, and the LoRA scored 94% test after
@@ -108,6 +109,7 @@ class LoRAFinetuner(BaseFinetuner):
     """
 
     name = "lora"
+    MAX_AUTO_EPOCHS = 30
 
     def __init__(
         self,
@@ -236,7 +238,7 @@ class LoRAFinetuner(BaseFinetuner):
         )).to(device)
         n_params = sum(p.numel() for p in model.parameters())
         steps_per_epoch = math.ceil(len(train) / self.batch_size)
-        epochs = self.epochs or max(2, math.ceil(self.min_steps / steps_per_epoch))
+        epochs = self.epochs or max(2, min(self.MAX_AUTO_EPOCHS, math.ceil(self.min_steps / steps_per_epoch)))
         total = self.max_steps or steps_per_epoch * epochs
         eval_every = max(1, steps_per_epoch // self.evals_per_epoch,
                          math.ceil(total / self.max_evals) if self.max_evals else 1) if val else 0

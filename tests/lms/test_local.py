@@ -137,3 +137,30 @@ def test_lazy_grammar_greedy_decodes_the_same_tokens():
     lazy.chat([{"role": "user", "content": "Say hi as JSON."}], response_format={"type": "json_object"},
               temperature=0.7, max_tokens=8)
     assert not hasattr(lazy.llama._sampler, "lazy")
+
+
+def test_lazy_grammar_sampling_draws_from_the_same_distribution():
+    """Temperature sampling without cuts (top_p=1, as trace rounds ask) checks the grammar on the drawn
+    token only, redrawing under the full mask when it is not allowed: the answers follow the distribution
+    of llama-cpp-python's chain (grammar, temperature, dist) on a prompt where the model hesitates."""
+    import json
+
+    lazy, plain = LlamaCppEngine(), LlamaCppEngine(lazy_grammar=False)
+    schema = {"type": "object", "properties": {"color": {"type": "string", "enum": ["red", "blue", "green"]}},
+              "required": ["color"]}
+    messages = [{"role": "user", "content": "Name a color at random. Answer as JSON."}]
+    params = {"response_format": {"type": "json_object", "schema": schema}, "temperature": 1.0, "top_p": 1.0,
+              "top_k": 0, "min_p": 0.0, "max_tokens": 16}
+    counts: dict[bool, dict[str, int]] = {True: {}, False: {}}
+    cheap = 0
+    for seed in range(80):
+        for engine in (lazy, plain):
+            color = json.loads(engine.chat(messages, seed=seed, **params)["choices"][0]["message"]["content"])["color"]
+            counts[engine is lazy][color] = counts[engine is lazy].get(color, 0) + 1
+        cheap += lazy.llama._sampler.lazy
+    assert type(lazy.llama._sampler).__name__ == "_LazyGrammarSampler" and cheap > 0
+    assert len(counts[False]) > 1, counts  # the model hesitates, so the comparison means something
+    for color in {*counts[True], *counts[False]}:  # 80 draws each: a difference of 24 is > 3.5 sd at p = 0.5
+        assert abs(counts[True].get(color, 0) - counts[False].get(color, 0)) <= 24, counts
+    again = lazy.chat(messages, seed=3, **params)["choices"][0]["message"]["content"]
+    assert again == lazy.chat(messages, seed=3, **params)["choices"][0]["message"]["content"]  # seeded
