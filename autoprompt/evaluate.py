@@ -16,6 +16,7 @@ import dspy
 from dspy.utils.exceptions import AdapterParseError
 
 from autoprompt._exceptions import AutopromptError, BudgetExhausted, LMError, find_cause
+from autoprompt._parallel import lm_concurrency, ordered_map
 
 __all__ = ["Evaluation", "evaluate_program", "run_one"]
 
@@ -100,8 +101,12 @@ def evaluate_program(
     progress: bool = True,
     desc: str | None = None,
     max_error_share: float = MAX_ERROR_SHARE,
+    threads: int | None = None,
 ) -> Evaluation:
     """Score ``program`` on a split of ``task`` with the LM and adapter of the current DSPy context.
+
+    ``threads`` calls run at once (default: as many as the LM answers at once, see
+    :func:`autoprompt._parallel.lm_concurrency`); records and scores come out in the split's order.
 
     Answers that do not parse score 0 and are counted (``parse_failures``). LM errors (a server down, a
     timeout) score 0 too, are counted (``errors``) and logged at WARNING; the evaluation raises
@@ -112,12 +117,22 @@ def evaluate_program(
 
     examples = task.examples(split, limit=limit)
     started = time.monotonic()
+    answers = ordered_map(lambda ex: run_one(program, ex), examples, threads or lm_concurrency())
+    bar = tqdm(examples, desc=desc or f"eval {split}", disable=not progress, unit="ex", leave=False)
+    try:
+        return _score_answers(examples, answers, bar, task, split, max_error_share, started)
+    finally:
+        answers.close()  # an early stop: the calls still running finish, no new one starts
+        bar.close()
+
+
+def _score_answers(examples: list, answers: Any, bar: Any, task: Any, split: str, max_error_share: float,
+                   started: float) -> Evaluation:
+    """The loop of :func:`evaluate_program` over ``(example, (prediction, failure))`` in split order."""
     total = 0.0
     parse_failures = errors = 0
     records = []
-    bar = tqdm(examples, desc=desc or f"eval {split}", disable=not progress, unit="ex", leave=False)
-    for i, example in enumerate(bar):
-        prediction, failure = run_one(program, example)
+    for i, (example, (prediction, failure)) in enumerate(zip(bar, answers)):
         if failure == "parse":
             parse_failures += 1
         elif failure is not None:

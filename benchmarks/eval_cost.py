@@ -54,7 +54,7 @@ PROBES = (  # (label, file substring, function): cumulative time of each, per ex
 )
 
 
-def timed_eval(program: dspy.Module, task, engine, n: int) -> tuple[float, list]:
+def timed_eval(program: dspy.Module, task, engine, n: int, threads: int = 1) -> tuple[float, list]:
     calls: list = []
     original = engine.chat
 
@@ -64,10 +64,10 @@ def timed_eval(program: dspy.Module, task, engine, n: int) -> tuple[float, list]
 
     engine.chat = spy
     try:
-        evaluate_program(program, task, "test", limit=1, progress=False)  # warm-up
+        evaluate_program(program, task, "test", limit=threads, progress=False, threads=threads)  # warm-up
         calls.clear()
         started = time.perf_counter()
-        evaluate_program(program, task, "test", limit=n, progress=False)
+        evaluate_program(program, task, "test", limit=n, progress=False, threads=threads)
         seconds = time.perf_counter() - started
     finally:
         del engine.chat
@@ -102,7 +102,7 @@ def raw(engine, calls: list, grammar_once: bool) -> float:
 def profile(program, task, n: int) -> list[tuple[str, float]]:
     profiler = cProfile.Profile()
     profiler.enable()
-    evaluate_program(program, task, "test", limit=n, progress=False)
+    evaluate_program(program, task, "test", limit=n, progress=False, threads=1)
     profiler.disable()
     stats = pstats.Stats(profiler, stream=io.StringIO()).stats  # type: ignore[attr-defined]
     out = []
@@ -136,20 +136,24 @@ def main() -> None:
             once = raw(engine, calls, grammar_once=True)
             _lazy(engine, True)  # then autoprompt as it runs by default
             ours, _ = timed_eval(program, task, engine, args.n)
-            rows.append((name, ours, masked, plain, once, len(calls) / args.n))
+            together, _ = timed_eval(program, task, engine, args.n, threads=engine.instances)
+            rows.append((name, ours, masked, plain, once, len(calls) / args.n, together))
             profiles[name] = profile(program, task, args.n)
-            print(name, f"autoprompt {ours:.3f} s (full mask {masked:.3f}), raw {plain:.3f} s, raw+grammar once "
-                  f"{once:.3f} s", flush=True)
+            print(name, f"autoprompt {ours:.3f} s (full mask {masked:.3f}; {engine.instances} at once "
+                  f"{together:.3f}), raw {plain:.3f} s, raw+grammar once {once:.3f} s", flush=True)
     lines = ["# Evaluation cost per example: autoprompt vs raw llama.cpp", "",
              f"Command: `python benchmarks/eval_cost.py --n {args.n}` (SST-2 test, seeded sample of {args.n}; LM "
-             "cache off; the embedded SmolLM2-135M on this machine's 2 cores; one process, one engine).", "",
+             "cache off; the embedded SmolLM2-135M on this machine's 2 cores; one process, one engine). Every column "
+             "but the last sends one call at a time (`evaluate_program(threads=1)`, all threads to that call); the "
+             f"last sends {engine.instances} at a time, each to its own copy of the model with its share of the "
+             "threads (the default since the engine has copies: `LlamaCppEngine(instances=)`).", "",
              "| program | autoprompt s/example | autoprompt, grammar masking the vocabulary (`lazy_grammar=False`) | "
              "raw llama.cpp s/example | raw, grammar compiled once | autoprompt / raw | same, like for like | "
-             "calls per example |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, ours, masked, plain, once, per in rows:
+             f"calls per example | autoprompt, {engine.instances} calls at once: s/example |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, ours, masked, plain, once, per, together in rows:
         lines.append(f"| {name} | {ours:.3f} | {masked:.3f} | {plain:.3f} | {once:.3f} | {ours / plain:.2f} | "
-                     f"{masked / plain:.2f} | {per:.2f} |")
+                     f"{masked / plain:.2f} | {per:.2f} | {together:.3f} |")
     lines += ["", "*raw*: the calls autoprompt's engine received, replayed with llama-cpp-python's "
               "`create_chat_completion` (its own sampler chain). *like for like*: autoprompt with the same sampler "
               "chain as raw (`lazy_grammar=False`), i.e. DSPy's and autoprompt's own overhead."]

@@ -504,7 +504,8 @@ def _one_off(strategy: str, steps: Mapping[str, Any], prices: Prices) -> dict[st
         out["search_tokens"] += int(usage.get("tokens", 0))
         prompt_tokens += int(usage.get("prompt_tokens", 0))
         completion_tokens += int(usage.get("completion_tokens", 0))
-        out["trace_lm_calls"] += int((details.get("training_data") or {}).get("attempts", 0))
+        data = details.get("training_data") or {}  # the examples run ahead whose quota filled cost calls too
+        out["trace_lm_calls"] += int(data.get("attempts", 0)) + int(data.get("speculative_attempts", 0))
         tune = details.get("finetune") or {}
         out["finetune_seconds"] += float(tune.get("seconds", 0.0))
         out["train_tokens"] += int(tune.get("train_tokens", 0))

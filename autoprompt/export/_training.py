@@ -32,6 +32,7 @@ from typing import Any
 import dspy
 
 from autoprompt._exceptions import ExportError
+from autoprompt._parallel import lm_concurrency, ordered_map
 from autoprompt._version import __version__
 from autoprompt.evaluate import run_one
 from autoprompt.store import atomic_write, dump_json
@@ -176,7 +177,8 @@ def compile_training_data(
     adapter = dspy.JSONAdapter()
     names = {id(p): n for n, p in program.named_predictors()}
     counts = {"examples": 0, "kept_examples": 0, "dropped_metric": 0, "dropped_parse": 0, "dropped_error": 0,
-              "dropped_balance": 0, "skipped_quota": 0, "records": 0, "duplicates": 0, "attempts": 0}
+              "dropped_balance": 0, "skipped_quota": 0, "records": 0, "duplicates": 0, "attempts": 0,
+              "speculative_attempts": 0}
     kept_by_round: dict[str, int] = {}
     labels: dict[str, dict[str, int]] = {k: {} for k in ("kept", "dropped_metric", "dropped_failure",
                                                           "dropped_balance", "skipped_quota")}
@@ -187,50 +189,72 @@ def compile_training_data(
     if max_traces is not None:  # a seeded visiting order: the first N kept are a random sample
         examples = list(examples)
         random.Random(seed).shuffle(examples)
-    bar = tqdm(examples, desc=f"compile {split}", disable=not progress, unit="ex", leave=False)
-    for example in bar:
-        gold = str(example[task.label_field]) if task.label_field in example else None
-        kept_here = labels["kept"].get(gold, 0)
-        if max_traces is not None and counts["kept_examples"] >= (quota * len(choices) if quota else max_traces):
-            break
-        if quota is not None and kept_here >= quota:
-            counts["skipped_quota"] += 1
-            _tally(labels["skipped_quota"], gold)
-            continue
-        counts["examples"] += 1
-        if answers == "gold":  # the labels answer the program's prompt; nothing to run or filter
-            predictor = predictors[0][1]
-            outputs = {k: example[k] for k in predictor.signature.output_fields if k in example}
-            if len(outputs) != len(predictor.signature.output_fields):
-                raise ExportError(f"answers='gold': a {split} example lacks output fields "
-                                  f"{sorted(set(predictor.signature.output_fields) - set(outputs))}")
-            counts["kept_examples"] += 1
-            _tally(labels["kept"], gold)
-            _add(records, seen, counts, adapter, predictor, names, dict(example.inputs()), outputs, keep_demos, dedupe,
-                 gold)
-            continue
+    def gold_of(example: Any) -> str | None:
+        return str(example[task.label_field]) if task.label_field in example else None
+
+    def run_rounds(example: Any) -> tuple[list, str | None, bool, int] | None:
+        """Every round of one example until one passes: ``(trace, failure, passed, rounds)``; ``None``
+        when its label's quota is already full (checked again, in order, where the result is used)."""
+        if quota is not None and labels["kept"].get(gold_of(example), 0) >= quota:
+            return None
         trace, failure, passed, round_ = [], None, False, 0
         for round_ in range(1, max_rounds + 1):
-            counts["attempts"] += 1
             trace, failure, passed = _attempt(program, example, task, adapter, threshold, round_, seed)
             if passed:
                 break
-        if not passed:
-            if failure is not None:
-                counts["dropped_parse" if failure == "parse" else "dropped_error"] += 1
-                _tally(labels["dropped_failure"], gold)
-            else:
-                counts["dropped_metric"] += 1
-                _tally(labels["dropped_metric"], gold)
-            continue
-        kept_by_round[str(round_)] = kept_by_round.get(str(round_), 0) + 1
-        counts["kept_examples"] += 1
-        _tally(labels["kept"], gold)
-        for predictor, inputs, outputs in trace:
-            _add(records, seen, counts, adapter, predictor, names, dict(inputs), dict(outputs), keep_demos, dedupe,
-                 gold)
-        bar.set_postfix(kept=counts["kept_examples"])
-    bar.close()
+        return trace, failure, passed, round_
+
+    # examples run as many at a time as the LM answers at once and are used in order, so the data is what one
+    # at a time gives; an example run ahead whose label's quota filled meanwhile counts as speculative
+    run_ahead = ordered_map(run_rounds, examples, lm_concurrency()) if answers != "gold" else None
+    bar = tqdm(examples, desc=f"compile {split}", disable=not progress, unit="ex", leave=False)
+    try:
+        for example in bar:
+            if max_traces is not None and counts["kept_examples"] >= (quota * len(choices) if quota else max_traces):
+                break
+            result = next(run_ahead) if run_ahead is not None else None  # one result per example, in order
+            gold = gold_of(example)
+            kept_here = labels["kept"].get(gold, 0)
+            if quota is not None and kept_here >= quota:
+                counts["skipped_quota"] += 1
+                _tally(labels["skipped_quota"], gold)
+                if result is not None:
+                    counts["speculative_attempts"] += result[3]
+                continue
+            counts["examples"] += 1
+            if answers == "gold":  # the labels answer the program's prompt; nothing to run or filter
+                predictor = predictors[0][1]
+                outputs = {k: example[k] for k in predictor.signature.output_fields if k in example}
+                if len(outputs) != len(predictor.signature.output_fields):
+                    raise ExportError(f"answers='gold': a {split} example lacks output fields "
+                                      f"{sorted(set(predictor.signature.output_fields) - set(outputs))}")
+                counts["kept_examples"] += 1
+                _tally(labels["kept"], gold)
+                _add(records, seen, counts, adapter, predictor, names, dict(example.inputs()), outputs, keep_demos, dedupe,
+                     gold)
+                continue
+            assert result is not None  # its quota was open when it ran (quotas only fill)
+            trace, failure, passed, round_ = result
+            counts["attempts"] += round_
+            if not passed:
+                if failure is not None:
+                    counts["dropped_parse" if failure == "parse" else "dropped_error"] += 1
+                    _tally(labels["dropped_failure"], gold)
+                else:
+                    counts["dropped_metric"] += 1
+                    _tally(labels["dropped_metric"], gold)
+                continue
+            kept_by_round[str(round_)] = kept_by_round.get(str(round_), 0) + 1
+            counts["kept_examples"] += 1
+            _tally(labels["kept"], gold)
+            for predictor, inputs, outputs in trace:
+                _add(records, seen, counts, adapter, predictor, names, dict(inputs), dict(outputs), keep_demos, dedupe,
+                     gold)
+            bar.set_postfix(kept=counts["kept_examples"])
+    finally:
+        bar.close()
+        if run_ahead is not None:
+            run_ahead.close()  # the calls still running finish; no new one starts
     missing: list[str] = []
     if choices is not None:
         records, missing = _balance(records, choices, labels, counts, task, split)

@@ -164,3 +164,25 @@ def test_lazy_grammar_sampling_draws_from_the_same_distribution():
         assert abs(counts[True].get(color, 0) - counts[False].get(color, 0)) <= 24, counts
     again = lazy.chat(messages, seed=3, **params)["choices"][0]["message"]["content"]
     assert again == lazy.chat(messages, seed=3, **params)["choices"][0]["message"]["content"]  # seeded
+
+
+def test_concurrent_calls_run_on_copies_of_the_model_and_answer_as_one_at_a_time(lm, small_task):
+    """evaluate_program sends as many calls at once as the engine has copies (2 on 2 cores): the second
+    copy loads, each call gets its share of the threads, and the records are those of one call at a time;
+    a meter counts every call of the worker threads."""
+    import os
+
+    engine = lm.engine
+    assert engine.instances == (int(os.environ.get("AUTOPROMPT_LLAMA_INSTANCES", 0)) or engine.n_threads)
+    program = small_task.make_program()
+    program.predictors()[0].signature = program.predictors()[0].signature.with_instructions(
+        "Classify the review's sentiment (concurrency test).")  # prompts no other test has cached
+    meter = Meter()
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter(), usage_tracker=meter):
+        two = evaluate_program(program, small_task, "dev", limit=10, progress=False, threads=2)
+    assert meter.calls == 10 and (engine._loaded == 2 or engine.instances == 1)
+    uncached = lm.copy(cache=False)  # the same prompts again, one at a time, answered by llama.cpp
+    with dspy.context(lm=uncached, adapter=dspy.JSONAdapter()):
+        one = evaluate_program(program, small_task, "dev", limit=10, progress=False, threads=1)
+    assert [r["predicted"] for r in two.records] == [r["predicted"] for r in one.records]
+    assert [r["inputs"] for r in two.records] == [r["inputs"] for r in one.records]
