@@ -82,10 +82,10 @@ class LlamaCppEngine(BaseEngine):
         instances: copies of the model that answer concurrent calls (default:
             ``$AUTOPROMPT_LLAMA_INSTANCES`` or ``n_threads``). A second copy is loaded only when a call
             arrives while another runs (``evaluate_program`` and the ``w`` step's tracing send
-            ``instances`` calls at a time). Measured on 2 cores with SST-2 prompts (prefix cached): one
-            call at a time takes 0.214 s with 1 thread and with 2, two copies of 1 thread answer two calls
-            in 0.216 s: the 135M model's token-by-token decoding does not use a second thread, a second
-            copy does (``benchmarks/results/eval_cost.md``).
+            ``instances`` calls at a time). On 2 cores an SST-2 example costs 0.187 s one at a time (2
+            threads) and 0.161 s two at a time (1 thread each), 0.250 and 0.188 s with 4 demos: the
+            token-by-token decoding leaves part of the second thread idle, a second copy fills it
+            (``benchmarks/results/eval_cost.md``).
         max_tokens: default cap on generated tokens when a request sets none.
         seed: sampling seed (only matters at temperature > 0).
 
