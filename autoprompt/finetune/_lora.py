@@ -73,9 +73,9 @@ class LoRAFinetuner(BaseFinetuner):
             training runs at least ``min_steps`` optimizer steps, up to ``MAX_AUTO_EPOCHS`` (30: 36 iris
             traces get 150 steps; 4 examples get 30, not 150 passes over the same 4).
         min_steps: the floor of the automatic epochs, and early stopping never ends training before
-            it. Small data needs many steps: on 40 gold-labelled iris examples the validation accuracy
-            stayed at 0.3-0.4 for 80 steps, reached 1.0 at step 110, and the LoRA scored 94% test after
-            150 steps where 2 epochs (10 steps) scored 42% (``benchmarks/results/better_together.md``).
+            it. Small data needs many steps: on 36 gold-labelled iris examples the LoRA scored 92% test
+            after 150 steps where 2 epochs (10 steps) scored 42%, and its validation accuracy stayed at
+            chance for the first 60 steps (``benchmarks/results/better_together.md``, cells gold and gold-v2).
         batch_size: examples per optimizer step.
         micro_batch_size: examples per forward/backward pass (gradients accumulate over the batch;
             bounds memory: about 1.5 GB for 2 prompts of 300 tokens).
@@ -534,12 +534,13 @@ class _Validator:
         return {"val_accuracy": accuracy}
 
     def _accuracy(self, adapter: Path | None) -> float:
+        from autoprompt._parallel import ordered_map
         from autoprompt.lms import LlamaCppEngine
 
         started = time.monotonic()
         engine = LlamaCppEngine(self.base, lora_path=adapter, n_threads=self.threads)
-        right = 0
-        for record in self.records:
+
+        def right(record: dict[str, Any]) -> bool:
             messages = record["messages"]
             gold = _answer(messages[-1]["content"])
             schema = record.get("schema")
@@ -547,10 +548,13 @@ class _Validator:
             if not isinstance(gold, str):  # a JSON answer (DSPy's JSONAdapter): decoded as served, with its grammar
                 params["response_format"] = {"type": "json_object", **({"schema": schema} if schema else {})}
             out = engine.chat(messages[:-1], **params)
-            right += _answer(out["choices"][0]["message"].get("content") or "") == gold
+            return _answer(out["choices"][0]["message"].get("content") or "") == gold
+
+        # training waits meanwhile: the decoding gets the cores, as many calls at once as the engine has copies
+        correct = sum(ordered_map(right, self.records, engine.instances))
         engine.close()
         self.seconds += time.monotonic() - started
-        return round(right / len(self.records), 4) if self.records else 0.0
+        return round(correct / len(self.records), 4) if self.records else 0.0
 
     def cleanup(self) -> None:
         if self.folder.is_dir() and not any(self.folder.iterdir()):
