@@ -225,8 +225,14 @@ def report() -> str:
                          by_seed[x]["scores"] else "-" for x in seeds]
             cells_txt = [("error" if by_seed[x].get("error") else c) if x in by_seed else c
                          for x, c in zip(seeds, cells_txt)]
-            mean = lambda v: f"{100 * statistics.mean(v):.1f}" if v else "-"  # noqa: E731
-            label = "w on gold labels" if (side, strategy) == ("gold", "g") else strategy
+            ran = [x for x in seeds if x in by_seed]
+
+            def mean(v: list[float]) -> str:  # over the seeds with a score; "(k of n)" when some stopped with an error
+                if not v:
+                    return "-"
+                return f"{100 * statistics.mean(v):.1f}" + (f" ({len(v)} of {len(ran)})" if len(v) < len(ran) else "")
+
+            label = "w on gold labels" if side.startswith("gold") and strategy == "g" else strategy
             lines.append(f"| {side} | {label} | " + " | ".join(cells_txt) + f" | {mean(tests)} | {mean(devs)} | "
                          f"{statistics.mean(mins):.1f} | {f'{statistics.mean(fits):.1f}' if fits else '-'} |")
         w_notes = []
@@ -274,7 +280,7 @@ def _plot(cells: list[dict[str, Any]]) -> None:
             vals = [100 * c["scores"]["test"]["score"] for c in mine if (c["side"], c["strategy"]) == (side, strategy)]
             means.append(statistics.mean(vals))
             sds.append(statistics.stdev(vals) if len(vals) > 1 else 0.0)
-            labels.append(strategy if side == "autoprompt" else "w on gold labels" if (side, strategy) == ("gold", "g")
+            labels.append(strategy if side == "autoprompt" else f"{side}: w on gold labels" if strategy == "g"
                           else f"{side}: {strategy}")
         colors = ["#999" if k[1] == "vanilla" else "#4c72b0" if k[0] == "autoprompt" else "#dd8452" for k in keys]
         ax.bar(range(len(keys)), means, yerr=sds, capsize=4, color=colors)
