@@ -289,13 +289,17 @@ def _cmd_decide(args: argparse.Namespace) -> int:
     from autoprompt.bettertogether import WeightStep
 
     WeightStep(None, **data_options)  # checks the names before any data loads
+    finetune_options = _kv(args.finetune_option, "--finetune-option")
+    from autoprompt.finetune import get_finetuner
+
+    get_finetuner("lora", **finetune_options)  # the same for the finetuner's options
     if args.cache_dir:
         autoprompt.configure_cache(args.cache_dir)
     lm = _lm(args)
     task = autoprompt.load_task(args.task, **task_options)
     decision = autoprompt.decide(
         task, lm=lm, calls=args.calls, finetune_minutes=args.finetune_minutes, max_traces=args.max_traces,
-        data_options=data_options,
+        data_options=data_options, finetune_options=finetune_options,
         prices=prices, samples=args.samples, wording_samples=args.wording_samples, top_k=args.top_k,
         data_sizes=args.data_sizes, reuse=args.reuse, seed=args.seed,
         run_dir=args.run_dir, runs_root=args.runs_root, resume=args.resume, train_limit=args.train_limit,
@@ -468,7 +472,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", default="optuna", choices=sorted(OPTIMIZERS), help="for the p steps")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="optimizer option, e.g. n_trials=8")
     p.add_argument("--finetuner", default="lora", choices=sorted(FINETUNERS), help="for the w steps")
-    p.add_argument("--finetune-option", action="append", metavar="KEY=VALUE", help="e.g. epochs=2, rank=8")
     p.add_argument("--data-option", action="append", metavar="KEY=VALUE",
                    help="w step option, e.g. max_traces=1000, balance=false, val_fraction=0.1, threshold=1.0")
     p.add_argument("--max-calls", type=int, help="cap on LM calls of each p step")
@@ -551,6 +554,8 @@ def _steps_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last finished step")
     p.add_argument("--cache-dir")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--finetune-option", action="append", metavar="KEY=VALUE",
+                   help="finetuner option of the w steps (decide: the LoRA finetuner), e.g. epochs=2, rank=8")
     return p
 
 

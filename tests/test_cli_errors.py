@@ -134,6 +134,7 @@ CATALOGUE = [
     ("decide negative price", ["decide", str(SENTIMENT), "--price-input", "-1"], ["price input", "non-negative"]),
     ("decide data size", ["decide", str(SENTIMENT), "--data-sizes", "0"], ["--data-sizes", "positive integer"]),
     ("decide reuse no run", ["decide", str(SENTIMENT), "--reuse", "{d}/plain_folder"], ["no config.json"]),
+    ("decide bad finetune option", ["decide", str(SENTIMENT), "--finetune-option", "epochz=2"], ["epochz", "epochs"]),
     ("w on a remote LM", ["better-together", str(SENTIMENT), "--lm", "openai/gpt-4o-mini", "--strategy", "w",
                           "--finetuner", "lora"], ["finetuner"]),
 ]

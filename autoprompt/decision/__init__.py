@@ -165,6 +165,7 @@ def decide(
     finetune_minutes: float | None = None,
     max_traces: int | None = 1000,
     data_options: Mapping[str, Any] | None = None,
+    finetune_options: Mapping[str, Any] | None = None,
     prices: Prices | Mapping[str, float] | None = None,
     samples: int = 20,
     wording_samples: int = 50,
@@ -191,6 +192,8 @@ def decide(
         max_traces: traces a ``w`` step trains on (balanced over the labels).
         data_options: more options of the ``w`` steps' data (:class:`autoprompt.bettertogether.WeightStep`,
             e.g. ``{"balance": False}``).
+        finetune_options: options of the LoRA finetuner (:class:`autoprompt.finetune.LoRAFinetuner`, e.g.
+            ``{"epochs": 2, "rank": 16}``); ``finetune_minutes`` sets its ``max_minutes``.
         prices: :class:`Prices` or a dict (``input``/``output`` per 1M tokens, ``train_hour``).
         samples: test examples (a seeded, label-stratified sample) for the cost and consistency
             measurements; ``wording_samples`` for the paraphrases and the search's ``top_k`` trials.
@@ -236,7 +239,7 @@ def decide(
         "seed": seed,
         "limits": limits,
         "budget": {"calls": calls, "finetune_minutes": finetune_minutes, "max_traces": max_traces,
-                   "data_options": dict(data_options or {})},
+                   "data_options": dict(data_options or {}), "finetune_options": dict(finetune_options or {})},
         "measure": {"samples": samples, "wording_samples": wording_samples, "top_k": top_k},
         "data_sizes": list(data_sizes),  # a resumed run may add points to the curve
         "reuse": str(reused.path.resolve()) if reused else None,
@@ -245,7 +248,8 @@ def decide(
     if resume:
         store.check_resume(config, ("task", "lm", "seed", "limits", "budget", "measure", "reuse"))
     store.write_json("config.json", config)
-    common = _common(base, calls, finetune_minutes, max_traces, dict(data_options or {}), seed, limits, progress)
+    common = _common(base, calls, finetune_minutes, max_traces, dict(data_options or {}), dict(finetune_options or {}),
+                     seed, limits, progress)
 
     with store.log():
         if reused is not None:
@@ -296,14 +300,16 @@ def load_decision(run_dir: str | os.PathLike) -> Decision:
 
 
 def _common(base: Any, calls: int | None, finetune_minutes: float | None, max_traces: int | None,
-            data_options: dict[str, Any], seed: int, limits: dict[str, int | None], progress: bool) -> dict[str, Any]:
+            data_options: dict[str, Any], finetune_options: dict[str, Any], seed: int, limits: dict[str, int | None],
+            progress: bool) -> dict[str, Any]:
     """The :func:`better_together` arguments every variant run shares (their steps' options must match
     for a run folder to resume)."""
     from autoprompt.bettertogether import WeightStep
-    from autoprompt.finetune import LoRAFinetuner
+    from autoprompt.finetune import get_finetuner
     from autoprompt.usage import Budget
 
-    finetuner = LoRAFinetuner(max_minutes=finetune_minutes, seed=seed, progress=progress)
+    finetuner = get_finetuner("lora", **{"seed": seed, "progress": progress, **finetune_options,
+                                         "max_minutes": finetune_minutes})
     return dict(lm=base, budget=Budget(max_calls=calls) if calls else None,
                 steps={"w": WeightStep(finetuner, max_traces=max_traces, **data_options)}, seed=seed,
                 train_limit=limits["train"], dev_limit=limits["dev"], test_limit=limits["test"], progress=progress)
