@@ -286,20 +286,17 @@ def _lazy_llama_class() -> Any:
 
         class LazyGrammarLlama(llama_cpp.Llama):
             def _init_sampler(self, **kwargs: Any) -> Any:
-                neutral = (kwargs.get("temp") == 0.0 and kwargs.get("grammar") is not None
-                           and kwargs.get("logits_processor") is None and kwargs.get("repeat_penalty", 1.0) == 1.0
-                           and not kwargs.get("frequency_penalty") and not kwargs.get("presence_penalty")
-                           and not kwargs.get("mirostat_mode"))
-                if neutral:
+                # a grammar and nothing else that reshapes the logits (no penalties, processors, mirostat)
+                bare = (kwargs.get("grammar") is not None and kwargs.get("logits_processor") is None
+                        and kwargs.get("repeat_penalty", 1.0) == 1.0 and not kwargs.get("frequency_penalty")
+                        and not kwargs.get("presence_penalty") and not kwargs.get("mirostat_mode"))
+                temp = kwargs.get("temp", 0.8)
+                if bare and temp == 0.0:
                     return _LazyGrammarGreedy(self, kwargs["grammar"])
-                plain = (kwargs.get("temp", 0.8) > 0.0 and kwargs.get("grammar") is not None
-                         and kwargs.get("logits_processor") is None and kwargs.get("repeat_penalty", 1.0) == 1.0
-                         and not kwargs.get("frequency_penalty") and not kwargs.get("presence_penalty")
-                         and not kwargs.get("mirostat_mode") and kwargs.get("top_k", 40) <= 0
-                         and kwargs.get("top_p", 0.95) >= 1.0 and kwargs.get("min_p", 0.05) <= 0.0
-                         and kwargs.get("typical_p", 1.0) >= 1.0)
-                if plain:
-                    return _LazyGrammarSampler(self, kwargs["grammar"], kwargs["temp"])
+                uncut = (kwargs.get("top_k", 40) <= 0 and kwargs.get("top_p", 0.95) >= 1.0
+                         and kwargs.get("min_p", 0.05) <= 0.0 and kwargs.get("typical_p", 1.0) >= 1.0)
+                if bare and temp > 0.0 and uncut:
+                    return _LazyGrammarSampler(self, kwargs["grammar"], temp)
                 return super()._init_sampler(**kwargs)
 
         _LAZY_CLASS = LazyGrammarLlama
