@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 import autoprompt  # noqa: E402
 from autoprompt.bettertogether import STRATEGIES, WeightStep  # noqa: E402
 from autoprompt.store import atomic_write, dump_json  # noqa: E402
+from _common import code_version  # noqa: E402
 
 RESULTS = HERE / "results"
 CELLS = RESULTS / "better_together"
@@ -69,7 +70,11 @@ def cell_path(task: str, seed: int, side: str, strategy: str) -> Path:
 
 def write_cell(path: Path, cell: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    cell.setdefault("code", CODE_VERSION)
     atomic_write(path, dump_json(cell))  # atomic: a killed benchmark never leaves half a cell
+
+
+CODE_VERSION = code_version()
 
 
 def step_cell(step: Any, *, task: str, seed: int, side: str, settings: dict[str, Any], command: str) -> dict[str, Any]:
@@ -189,7 +194,7 @@ def report() -> str:
         "the same prompt to the same LM as an earlier step gets the cached answer (e.g. a final p that keeps the "
         "zero-shot program on the fine-tuned LM re-scores from the cache, hence its short step time). "
         "'step min' is the step's wall time including its scoring on dev and test; 'fit min' the part before "
-        "scoring (the p search; the w step's tracing, fine-tuning and validation). Sides: `autoprompt` = the "
+        "scoring (the p search; the w step's tracing, fine-tuning and validation); both averaged over the seeds with a score. Sides: `autoprompt` = the "
         "defaults (sentiment seed 0 before the last two changes below, which do not apply at its size except the "
         "sampling cut: llama.cpp's top-k 40 / min-p 0.05 were still on in its rounds; iris from the current "
         "defaults: at least 150 LoRA steps on small data, rounds sampling the whole distribution); `recipe-v2` = "
@@ -219,8 +224,9 @@ def report() -> str:
             by_seed = {c["seed"]: c for c in mine if c["side"] == side and c["strategy"] == strategy}
             tests = [by_seed[x]["scores"]["test"]["score"] for x in seeds if x in by_seed and "test" in by_seed[x]["scores"]]
             devs = [by_seed[x]["scores"]["dev"]["score"] for x in seeds if x in by_seed and "dev" in by_seed[x]["scores"]]
-            mins = [by_seed[x]["seconds"] / 60 for x in seeds if x in by_seed]
-            fits = [by_seed[x]["fit_seconds"] / 60 for x in seeds if x in by_seed and "fit_seconds" in by_seed[x]]
+            scored = [x for x in seeds if x in by_seed and not by_seed[x].get("error")]  # an error cell's time is not a step's
+            mins = [by_seed[x]["seconds"] / 60 for x in scored]
+            fits = [by_seed[x]["fit_seconds"] / 60 for x in scored if "fit_seconds" in by_seed[x]]
             cells_txt = [f"{100 * by_seed[x]['scores']['test']['score']:.1f}" if x in by_seed and "test" in
                          by_seed[x]["scores"] else "-" for x in seeds]
             cells_txt = [("error" if by_seed[x].get("error") else c) if x in by_seed else c
@@ -234,7 +240,7 @@ def report() -> str:
 
             label = "w on gold labels" if side.startswith("gold") and strategy == "g" else strategy
             lines.append(f"| {side} | {label} | " + " | ".join(cells_txt) + f" | {mean(tests)} | {mean(devs)} | "
-                         f"{statistics.mean(mins):.1f} | {f'{statistics.mean(fits):.1f}' if fits else '-'} |")
+                         f"{f'{statistics.mean(mins):.1f}' if mins else '-'} | {f'{statistics.mean(fits):.1f}' if fits else '-'} |")
         w_notes = []
         for c in sorted(mine, key=lambda c: (c["seed"], c["side"], c["strategy"])):
             ft, labels = c["details"].get("finetune"), c["details"].get("labels")

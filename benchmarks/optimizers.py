@@ -48,6 +48,7 @@ from autoprompt.decision._stats import bootstrap_ci  # noqa: E402
 from autoprompt.evaluate import evaluate_program  # noqa: E402
 from autoprompt.lms import build_lm  # noqa: E402
 from autoprompt.store import atomic_write, dump_json  # noqa: E402
+from _common import code_version  # noqa: E402
 
 RESULTS = HERE / "results"
 CELLS = RESULTS / "optimizers"
@@ -149,7 +150,7 @@ def run_cell(task_name: str, calls: int, optimizer: str, seed: int, command: str
         "optimize_seconds": float(usage.get("optimize_seconds", 0.0)),
         "budget_exhausted": usage.get("budget_exhausted"), "anytime": [list(p) for p in points],
         "seconds": round(time.monotonic() - started, 1), "run_dir": str(run_dir.relative_to(ROOT)) if run_dir.is_relative_to(ROOT) else str(run_dir),
-        "cache": "own LM cache per cell, empty at its start", "command": command,
+        "cache": "own LM cache per cell, empty at its start", "command": command, "code": code_version(),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, dump_json(cell))

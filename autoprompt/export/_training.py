@@ -126,6 +126,7 @@ def compile_training_data(
     max_traces: int | None = None,
     balance: bool = False,
     max_rounds: int = 1,
+    extra_rounds: int = 0,
     progress: bool = True,
 ) -> TrainingData:
     """Run ``program`` over a split (with the current DSPy LM) and keep the passing traces.
@@ -151,6 +152,12 @@ def compile_training_data(
             does. A program biased towards one label passes the metric on few examples of the others;
             sampling finds the examples where it gives the right label some probability. The manifest
             counts the examples kept per round (``counts.kept_by_round``) and the attempts made.
+        extra_rounds: with ``balance``, once the split has been run: up to this many more sampled rounds
+            (numbered after ``max_rounds``) for the examples that failed, of the labels with fewer passing
+            examples than the quota (or than the label with most), until they have as many. A zero-shot
+            program that names one label for nearly every input (the 135M model on Iris: "setosa") gives the
+            others a few percent; on a small split a few more draws for those examples alone are what makes
+            a balanced set possible (``counts.extra_attempts``).
         source: where the program came from (a prompt file, a run), for the manifest.
         answers: ``"program"`` (BetterTogether: the program's own answers, kept when the metric
             passes) or ``"gold"`` (the split's labels as the answers to the program's prompts, no
@@ -168,6 +175,8 @@ def compile_training_data(
                           "predictors (their intermediate answers have no labels): use answers='program'")
     if not isinstance(max_rounds, int) or isinstance(max_rounds, bool) or max_rounds < 1:
         raise ExportError(f"max_rounds must be a positive integer, got {max_rounds!r}")
+    if not isinstance(extra_rounds, int) or isinstance(extra_rounds, bool) or extra_rounds < 0:
+        raise ExportError(f"extra_rounds must be a non-negative integer, got {extra_rounds!r}")
     if max_traces is not None and (not isinstance(max_traces, int) or max_traces < 1):
         raise ExportError(f"max_traces must be a positive integer or None, got {max_traces!r}")
     choices = [str(c) for c in task.choices] if balance and task.choices else None
@@ -192,17 +201,29 @@ def compile_training_data(
     def gold_of(example: Any) -> str | None:
         return str(example[task.label_field]) if task.label_field in example else None
 
-    def run_rounds(example: Any) -> tuple[list, str | None, bool, int] | None:
-        """Every round of one example until one passes: ``(trace, failure, passed, rounds)``; ``None``
-        when its label's quota is already full (checked again, in order, where the result is used)."""
-        if quota is not None and labels["kept"].get(gold_of(example), 0) >= quota:
+    def run_rounds(example: Any, first: int = 1, last: int = max_rounds, target: int | None = quota
+                   ) -> tuple[list, str | None, bool, int] | None:
+        """Rounds ``first..last`` of one example until one passes: ``(trace, failure, passed, round)``;
+        ``None`` when its label already has ``target`` examples (checked again, in order, where the result
+        is used)."""
+        if target is not None and labels["kept"].get(gold_of(example), 0) >= target:
             return None
-        trace, failure, passed, round_ = [], None, False, 0
-        for round_ in range(1, max_rounds + 1):
+        trace, failure, passed, round_ = [], None, False, first - 1
+        for round_ in range(first, last + 1):
             trace, failure, passed = _attempt(program, example, task, adapter, threshold, round_, seed)
             if passed:
                 break
         return trace, failure, passed, round_
+
+    def keep(trace: list, round_: int, gold: str | None) -> None:
+        kept_by_round[str(round_)] = kept_by_round.get(str(round_), 0) + 1
+        counts["kept_examples"] += 1
+        _tally(labels["kept"], gold)
+        for predictor, inputs, outputs in trace:
+            _add(records, seen, counts, adapter, predictor, names, dict(inputs), dict(outputs), keep_demos, dedupe,
+                 gold)
+
+    failed: list[tuple[Any, str]] = []  # (example, "dropped_metric" / "dropped_parse"): extra rounds may retry them
 
     # examples run as many at a time as the LM answers at once and are used in order, so the data is what one
     # at a time gives; an example run ahead whose label's quota filled meanwhile counts as speculative
@@ -240,26 +261,26 @@ def compile_training_data(
                 if failure is not None:
                     counts["dropped_parse" if failure == "parse" else "dropped_error"] += 1
                     _tally(labels["dropped_failure"], gold)
+                    if failure == "parse":
+                        failed.append((example, "dropped_parse"))
                 else:
                     counts["dropped_metric"] += 1
                     _tally(labels["dropped_metric"], gold)
+                    failed.append((example, "dropped_metric"))
                 continue
-            kept_by_round[str(round_)] = kept_by_round.get(str(round_), 0) + 1
-            counts["kept_examples"] += 1
-            _tally(labels["kept"], gold)
-            for predictor, inputs, outputs in trace:
-                _add(records, seen, counts, adapter, predictor, names, dict(inputs), dict(outputs), keep_demos, dedupe,
-                     gold)
+            keep(trace, round_, gold)
             bar.set_postfix(kept=counts["kept_examples"])
     finally:
         bar.close()
         if run_ahead is not None:
             run_ahead.close()  # the calls still running finish; no new one starts
+    if extra_rounds and choices is not None and answers != "gold" and failed:
+        _extra_rounds(failed, choices, quota, labels, counts, run_rounds, keep, gold_of, max_rounds, extra_rounds)
     missing: list[str] = []
     if choices is not None:
         records, missing = _balance(records, choices, labels, counts, task, split)
     counts["records"] = len(records)
-    if max_rounds > 1:
+    if max_rounds > 1 or extra_rounds:
         counts["kept_by_round"] = dict(sorted(kept_by_round.items(), key=lambda kv: int(kv[0])))
     train, val = split_validation(records, val_fraction, seed)
     lm = dspy.settings.lm
@@ -274,12 +295,50 @@ def compile_training_data(
         "filter": {"metric": getattr(task.metric, "__name__", repr(task.metric)), "threshold": threshold},
         "options": {"keep_demos": keep_demos, "dedupe": dedupe, "val_fraction": val_fraction, "limit": limit,
                     "seed": seed, "answers": answers, "max_traces": max_traces, "balance": balance,
-                    "max_rounds": max_rounds},
+                    "max_rounds": max_rounds, "extra_rounds": extra_rounds},
         "counts": counts,
         "labels": {**{k: dict(sorted(v.items())) for k, v in labels.items()}, "missing": missing},
     }
     logger.info("training data: %s", counts)
     return TrainingData(train=train, val=val, counts=counts, manifest=manifest)
+
+
+def _extra_rounds(failed: list[tuple[Any, str]], choices: list[str], quota: int | None,
+                  labels: dict[str, dict[str, int]], counts: dict[str, Any], run_rounds: Any, keep: Any,
+                  gold_of: Any, max_rounds: int, extra_rounds: int) -> None:
+    """More sampled rounds for the failed examples of the labels short of the others (see
+    ``compile_training_data(extra_rounds=)``), used in order until each such label reaches the target."""
+    kept = labels["kept"]
+    target = quota if quota is not None else max((kept.get(c, 0) for c in choices), default=0)
+    short = {c for c in choices if kept.get(c, 0) < target}
+    retry = [(ex, why) for ex, why in failed if gold_of(ex) in short]
+    if not retry:
+        return
+    logger.info("training data: up to %d more rounds for %d failed examples of %d label(s) short of %d passing "
+                "examples", extra_rounds, len(retry), len(short), target)
+    counts["extra_attempts"] = 0
+    results = ordered_map(lambda item: run_rounds(item[0], max_rounds + 1, max_rounds + extra_rounds, target),
+                          retry, lm_concurrency())
+    try:
+        for (example, why), result in zip(retry, results):
+            if result is None:
+                continue
+            trace, _, passed, round_ = result
+            if kept.get(gold_of(example), 0) >= target:  # run ahead while the label filled
+                counts["speculative_attempts"] += round_ - max_rounds
+                continue
+            counts["extra_attempts"] += round_ - max_rounds
+            counts["attempts"] += round_ - max_rounds
+            if passed:
+                gold = gold_of(example)
+                counts[why] -= 1
+                bucket = labels["dropped_metric" if why == "dropped_metric" else "dropped_failure"]
+                bucket[gold] -= 1
+                if not bucket[gold]:
+                    del bucket[gold]
+                keep(trace, round_, gold)
+    finally:
+        results.close()
 
 
 def rollout_seed(seed: int, example: Any, round_: int) -> int:

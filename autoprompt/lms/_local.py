@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import threading
@@ -88,6 +89,8 @@ class LlamaCppEngine(BaseEngine):
             (``benchmarks/results/eval_cost.md``).
         max_tokens: default cap on generated tokens when a request sets none.
         seed: sampling seed (only matters at temperature > 0).
+        lazy_grammar: decode under a grammar by checking the likeliest tokens first (same choices as
+            masking the whole vocabulary, see :class:`_LazyGrammarGreedy`).
 
     Example:
         >>> import dspy
@@ -120,6 +123,7 @@ class LlamaCppEngine(BaseEngine):
         self.instances = max(1, instances or int(os.environ.get("AUTOPROMPT_LLAMA_INSTANCES", 0)) or self.n_threads)
         self._llama: Any = None  # the first copy (what ``llama`` returns)
         self._idle: list[Any] = []
+        self._requests_seen: dict[bytes, int] = {}  # sampled requests without a seed -> times asked
         self._loaded = self._busy = 0
         self._cond = threading.Condition()
         for p in (self.model_path, self.lora_path):
@@ -202,6 +206,18 @@ class LlamaCppEngine(BaseEngine):
             llama_cpp.llama_set_n_threads(llama._ctx.ctx, threads, threads)
         return llama
 
+    def _request_seed(self, messages: list[dict[str, str]], params: dict[str, Any]) -> int:
+        """The sampling seed of a request that gives none: a hash of the engine's seed, the request and how
+        many times this engine was sent the same request before. llama-cpp-python would otherwise draw it
+        from the answering copy's own chain of seeds, so a sampled answer (an instruction proposal, a
+        reflection) depended on which copy answered and what it had answered before: with two copies, two
+        runs of one seeded search proposed different instructions."""
+        key = hashlib.sha256(json.dumps([self.seed, messages, params], sort_keys=True, default=str).encode()).digest()
+        with self._cond:
+            seen = self._requests_seen.get(key, 0)
+            self._requests_seen[key] = seen + 1
+        return int.from_bytes(hashlib.sha256(key + seen.to_bytes(8, "big")).digest()[:4], "big")
+
     def _release(self, llama: Any) -> None:
         with self._cond:
             self._busy -= 1
@@ -224,6 +240,8 @@ class LlamaCppEngine(BaseEngine):
         """One chat completion with llama.cpp's own API (no DSPy): returns its OpenAI-style dict."""
         params.setdefault("max_tokens", self.max_tokens)
         params.setdefault("temperature", 0.0)
+        if params["temperature"] > 0 and params.get("seed") is None:
+            params["seed"] = self._request_seed(messages, params)
         llama = self._acquire()
         try:
             return llama.create_chat_completion(messages=messages, **params)

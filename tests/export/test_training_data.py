@@ -143,6 +143,50 @@ def test_traces_of_one_label_cannot_be_balanced(small_task, caplog):
         compile_training_data(program, small_task, max_traces=0)
 
 
+class _LateRightLM:
+    """Stub LM factory (DSPy's DummyLM): like ``_biased_lm``, and right on every example from sampled round
+    ``right_from`` on (the trace rounds run on ``lm.copy(rollout_id=round - 1, ...)``)."""
+
+    @staticmethod
+    def make(task, right_negatives: int, right_from: int):
+        from dspy.utils.dummies import DummyLM
+
+        class LateRight(DummyLM):
+            def copy(self, **kwargs):
+                copied = super().copy(**kwargs)
+                if kwargs.get("rollout_id", 0) + 1 >= right_from:
+                    copied.answers = {e.text: {"label": e.label} for e in task.examples("train")}
+                return copied
+
+        biased = _biased_lm(task, right_negatives)
+        return LateRight(biased.answers, adapter=dspy.JSONAdapter())
+
+
+def test_extra_rounds_retry_the_failed_examples_of_a_short_label_until_it_catches_up(small_task):
+    """extra_rounds: after the split, the failed examples of a label short of the others get more sampled
+    rounds, numbered after max_rounds, until the label has as many passing examples (the quota, or the
+    label with most); the counts say what the extra rounds cost and kept."""
+    program = small_task.make_program()
+    with dspy.context(lm=_LateRightLM.make(small_task, right_negatives=2, right_from=6)):
+        plain = compile_training_data(program, small_task, balance=True, max_rounds=4, progress=False)
+        extra = compile_training_data(program, small_task, balance=True, max_rounds=4, extra_rounds=4,
+                                      progress=False)
+        capped = compile_training_data(program, small_task, balance=True, max_rounds=4, extra_rounds=4,
+                                       max_traces=10, progress=False)
+    assert plain.manifest["labels"]["kept"] == {"negative": 2, "positive": 2}  # rounds 2-4 are still wrong
+    assert "extra_attempts" not in plain.counts
+    c, labels = extra.counts, extra.manifest["labels"]
+    assert labels["kept"] == {"negative": 20, "positive": 20} and labels["dropped_metric"] == {}
+    assert c["kept_by_round"] == {"1": 22, "6": 18} and c["extra_attempts"] == 18 * 2  # rounds 5 and 6 each
+    assert c["attempts"] == plain.counts["attempts"] + c["extra_attempts"] and c["dropped_metric"] == 0
+    assert extra.manifest["options"]["extra_rounds"] == 4
+    # with a quota (max_traces 10: 5 a label) the retries stop once the label has 5
+    assert capped.manifest["labels"]["kept"] == {"negative": 5, "positive": 5}
+    assert capped.counts["kept_by_round"] == {"1": 7, "6": 3} and capped.counts["extra_attempts"] == 6
+    with pytest.raises(ExportError, match="extra_rounds must be a non-negative integer"):
+        compile_training_data(program, small_task, extra_rounds=-1)
+
+
 def test_rounds_sample_again_where_the_greedy_answer_fails(lm, small_task):
     """max_rounds: a failing greedy answer is sampled again (temperature 1.0, seeded); the first passing one
     is kept. On the real model, zero-shot: the greedy pass keeps few negatives, later rounds add more."""

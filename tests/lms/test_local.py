@@ -186,3 +186,34 @@ def test_concurrent_calls_run_on_copies_of_the_model_and_answer_as_one_at_a_time
         one = evaluate_program(program, small_task, "dev", limit=10, progress=False, threads=1)
     assert [r["predicted"] for r in two.records] == [r["predicted"] for r in one.records]
     assert [r["inputs"] for r in two.records] == [r["inputs"] for r in one.records]
+
+
+def test_a_sampled_request_without_a_seed_gets_the_same_answer_from_any_copy():
+    """A sampled request that names no seed (an instruction proposal, a GEPA reflection) is answered from a
+    seed derived from the request, not from the answering copy's own chain of seeds: two copies with
+    different histories give the same answers, so a seeded run reproduces with any number of copies."""
+    engine = LlamaCppEngine(instances=2)
+    params = {"temperature": 1.0, "max_tokens": 12}
+    prompts = [[{"role": "user", "content": f"Invent a name for a pet ({k})."}] for k in range(6)]
+
+    def answers_on(copy):
+        others = [c for c in engine._idle if c is not copy]
+        engine._idle = [copy]  # this copy answers: it is the only idle one
+        try:
+            engine._requests_seen.clear()  # as in a new run
+            return [engine.chat(m, **params)["choices"][0]["message"]["content"] for m in prompts]
+        finally:
+            engine._idle.extend(others)
+
+    first, second = engine._acquire(), engine._acquire()  # load both copies
+    engine._release(first)
+    engine._release(second)
+    engine._idle = [first, second]
+    engine.chat([{"role": "user", "content": "Say something."}], temperature=1.0, max_tokens=8)  # a history
+    one, two = answers_on(first), answers_on(second)
+    assert one == two
+    assert len(set(one)) > 1  # the prompts do sample different answers
+    engine._idle = [first]
+    again = [engine.chat(prompts[0], **params)["choices"][0]["message"]["content"] for _ in range(4)]
+    assert len(set(again)) > 1  # the same request asked again is a new draw (DSPy's rollouts), not a replay
+    engine.close()
