@@ -195,9 +195,12 @@ def report() -> str:
         "zero-shot program on the fine-tuned LM re-scores from the cache, hence its short step time). "
         "'step min' is the step's wall time including its scoring on dev and test; 'fit min' the part before "
         "scoring (the p search; the w step's tracing, fine-tuning and validation); both averaged over the seeds with a score. Sides: `autoprompt` = the "
-        "defaults (sentiment seed 0 before the last two changes below, which do not apply at its size except the "
-        "sampling cut: llama.cpp's top-k 40 / min-p 0.05 were still on in its rounds; iris from the current "
-        "defaults: at least 150 LoRA steps on small data, rounds sampling the whole distribution); `recipe-v2` = "
+        "defaults of the commit each cell names below (sentiment seed 0 before the small-data LoRA steps, the uncut "
+        "sampling (llama.cpp's top-k 40 / min-p 0.05 were still on in its rounds), extra rounds and request-derived "
+        "sampling seeds, of which only the sampling cut applies at its size; iris from fb504f9: extra rounds for "
+        "labels short of traces, sampling seeds derived from the request); `recipe-v3` = iris cells of the defaults "
+        "before extra rounds and request-derived seeds (the p steps' instruction proposals depended on which model "
+        "copy answered); `recipe-v2` = "
         "cells of the w recipe before early stopping, the small-data steps and the uncut sampling (sampling "
         "rounds, lr 3e-3, 2 epochs; its sentiment `p -> w` found the greedy round's answers in the side's cache, "
         "left by the `shared-seed` run in the same folder: tracing 4.9 min where the cold `autoprompt` side took "
@@ -241,6 +244,14 @@ def report() -> str:
             label = "w on gold labels" if side.startswith("gold") and strategy == "g" else strategy
             lines.append(f"| {side} | {label} | " + " | ".join(cells_txt) + f" | {mean(tests)} | {mean(devs)} | "
                          f"{f'{statistics.mean(mins):.1f}' if mins else '-'} | {f'{statistics.mean(fits):.1f}' if fits else '-'} |")
+        versions: dict[str, dict[str, list[int]]] = {}  # side -> commit -> seeds
+        for c in mine:
+            seeds_of = versions.setdefault(c["side"], {}).setdefault(c.get("code", "not recorded"), [])
+            if c["seed"] not in seeds_of:
+                seeds_of.append(c["seed"])
+        lines += ["", "Code (the commit each cell ran; cells before fb504f9 did not record it): " + "; ".join(
+            f"{side} " + ", ".join(f"{code} (s{', s'.join(map(str, sorted(sd)))})" for code, sd in sorted(by.items()))
+            for side, by in sorted(versions.items()))]
         w_notes = []
         for c in sorted(mine, key=lambda c: (c["seed"], c["side"], c["strategy"])):
             ft, labels = c["details"].get("finetune"), c["details"].get("labels")
@@ -249,7 +260,7 @@ def report() -> str:
             best = ft.get("best") or {}
             w_notes.append(
                 f"- s{c['seed']} {c['side']} `{c['strategy']}`: kept {labels.get('kept')}, dropped to balance "
-                f"{labels.get('dropped_balance')}, missing {labels.get('missing')}; LoRA {ft['examples']} examples, "
+                f"{labels.get('dropped_balance')}, missing {labels.get('missing')}{', rare ' + str(labels['rare']) if labels.get('rare') else ''}; LoRA {ft['examples']} examples, "
                 f"{ft['steps']} of {ft.get('planned_steps', ft['steps'])} steps"
                 f"{' (early stop)' if ft.get('stopped_early') else ''}, best step {best.get('step')} (val acc {best.get('val_accuracy')}, base "
                 f"{ft.get('val_accuracy_base')}), {ft['train_seconds'] / 60:.1f} min training at "

@@ -171,6 +171,11 @@ class WeightStep(BaseStep):
             raise OptionError(f"the w step sets {sorted(reserved & set(data_options))} itself; drop them")
         if max_traces is not None and max_traces < 1:
             raise ExportError(f"data option max_traces must be a positive integer or None, got {max_traces!r}")
+        for name, value, low in (("max_rounds", max_rounds, 1), ("extra_rounds", extra_rounds, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:  # refused before any work
+                raise ExportError(f"data option {name} must be an integer >= {low}, got {value!r}")
+        if not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
+            raise ExportError(f"data option val_fraction must be in [0, 1), got {val_fraction!r}")
         self.finetuner = finetuner
         self.max_traces = max_traces
         self.balance = balance

@@ -127,6 +127,7 @@ def compile_training_data(
     balance: bool = False,
     max_rounds: int = 1,
     extra_rounds: int = 0,
+    min_label_share: float = 0.1,
     progress: bool = True,
 ) -> TrainingData:
     """Run ``program`` over a split (with the current DSPy LM) and keep the passing traces.
@@ -143,6 +144,12 @@ def compile_training_data(
         balance: keep as many examples of every declared choice as of the rarest one that has any
             (needs ``task.choices``). A label with no passing example is reported in the manifest
             (``labels.missing``) and logged; fewer than two labels with one raises ``ExportError``.
+        min_label_share: with ``balance``, a label with fewer passing examples than this share of the
+            most frequent label's does not set the cap: it keeps the few it has (``labels.rare``) and the
+            others are balanced among themselves, as long as two or more remain to do so (else the
+            rarest sets the cap as usual). Measured on Iris seed 2: traces of 20 setosa, 16 versicolor
+            and 1 virginica balanced to 1 + 1 + 1 gave a LoRA of 32% test; 16 + 16 (+ the 1) keeps data to
+            learn from.
         max_rounds: attempts per example (``answers="program"``): an example whose first answer
             (greedy, as served) fails the metric is run again up to ``max_rounds - 1`` times with a
             fresh rollout at temperature 1.0 and ``top_p=1.0`` (the whole distribution: llama.cpp's default
@@ -167,6 +174,8 @@ def compile_training_data(
 
     if not 0.0 <= val_fraction < 1.0:
         raise ExportError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    if not 0.0 <= min_label_share <= 1.0:
+        raise ExportError(f"min_label_share must be in [0, 1], got {min_label_share!r}")
     if answers not in ("program", "gold"):
         raise ExportError(f"answers must be 'program' or 'gold', got {answers!r}")
     predictors = program.named_predictors()
@@ -277,8 +286,9 @@ def compile_training_data(
     if extra_rounds and choices is not None and answers != "gold" and failed:
         _extra_rounds(failed, choices, quota, labels, counts, run_rounds, keep, gold_of, max_rounds, extra_rounds)
     missing: list[str] = []
+    rare: list[str] = []
     if choices is not None:
-        records, missing = _balance(records, choices, labels, counts, task, split)
+        records, missing, rare = _balance(records, choices, labels, counts, task, split, min_label_share)
     counts["records"] = len(records)
     if max_rounds > 1 or extra_rounds:
         counts["kept_by_round"] = dict(sorted(kept_by_round.items(), key=lambda kv: int(kv[0])))
@@ -295,9 +305,9 @@ def compile_training_data(
         "filter": {"metric": getattr(task.metric, "__name__", repr(task.metric)), "threshold": threshold},
         "options": {"keep_demos": keep_demos, "dedupe": dedupe, "val_fraction": val_fraction, "limit": limit,
                     "seed": seed, "answers": answers, "max_traces": max_traces, "balance": balance,
-                    "max_rounds": max_rounds, "extra_rounds": extra_rounds},
+                    "max_rounds": max_rounds, "extra_rounds": extra_rounds, "min_label_share": min_label_share},
         "counts": counts,
-        "labels": {**{k: dict(sorted(v.items())) for k, v in labels.items()}, "missing": missing},
+        "labels": {**{k: dict(sorted(v.items())) for k, v in labels.items()}, "missing": missing, "rare": rare},
     }
     logger.info("training data: %s", counts)
     return TrainingData(train=train, val=val, counts=counts, manifest=manifest)
@@ -373,11 +383,15 @@ def _tally(histogram: dict[str, int], label: str | None) -> None:
 
 
 def _balance(records: list[dict[str, Any]], choices: list[str], labels: dict[str, dict[str, int]],
-             counts: dict[str, int], task: Any, split: str) -> tuple[list[dict[str, Any]], list[str]]:
-    """Keep as many examples per label as the rarest label that has any; report the labels with none.
+             counts: dict[str, int], task: Any, split: str, min_label_share: float = 0.0
+             ) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    """Keep as many examples per label as the rarest label that has any; report the labels with none, and
+    the rare ones (fewer than ``min_label_share`` of the largest label's count) that keep what they have
+    while the others balance among themselves. Returns ``(records, missing, rare)``.
 
     Example:
         kept {"positive": 300, "negative": 40} -> 40 + 40 kept, 260 "positive" dropped_balance.
+        kept {"setosa": 20, "versicolor": 16, "virginica": 1}, share 0.1 -> 16 + 16 + 1.
     """
     kept = labels["kept"]
     missing = [c for c in choices if not kept.get(c)]
@@ -385,13 +399,22 @@ def _balance(records: list[dict[str, Any]], choices: list[str], labels: dict[str
     if len(present) < 2:
         raise ExportError(
             f"cannot balance the training data of task {task.name!r} over its labels: the program passed the "
-            f"metric on {dict(kept) or 'no example'} of split {split!r} ({counts['examples']} run). Use a larger "
+            f"metric on {dict(kept) or 'no example'} of split {split!r} ({counts['examples']} run, "
+            f"{counts['attempts']} attempts{_extra_text(counts)}). Use a larger "
             "split, a better program (a p step first), answers='gold', or balance=False"
         )
     if missing:
         logger.warning("training data: no passing trace for label(s) %s of %d; the fine-tuned LM will not learn them "
                        "(kept per label: %s)", missing[:10], len(choices), dict(kept))
-    quota = min(kept[c] for c in present)
+    largest = max(kept[c] for c in present)
+    rare = [c for c in present if kept[c] < min_label_share * largest]
+    if len(present) - len(rare) < 2:
+        rare = []
+    if rare:
+        logger.warning("training data: label(s) %s have fewer than %.0f%% of the largest label's %d passing examples: "
+                       "they keep what they have and the other labels are balanced among themselves (kept per "
+                       "label: %s)", rare[:10], 100 * min_label_share, largest, dict(kept))
+    quota = min(kept[c] for c in present if c not in rare)
     out, taken = [], {}
     examples_seen: dict[str, set[int]] = {}
     for record in records:  # records of one example share its label; cap examples, not LM calls
@@ -409,7 +432,12 @@ def _balance(records: list[dict[str, Any]], choices: list[str], labels: dict[str
             kept[label] = quota
             counts["dropped_balance"] += over
             counts["kept_examples"] -= over
-    return out, missing
+    return out, missing, rare
+
+
+def _extra_text(counts: dict[str, Any]) -> str:
+    extra = counts.get("extra_attempts")
+    return f", {extra} of them extra rounds for the labels short of traces" if extra else ""
 
 
 def split_validation(records: list[dict[str, Any]], val_fraction: float, seed: int

@@ -183,6 +183,10 @@ def test_extra_rounds_retry_the_failed_examples_of_a_short_label_until_it_catche
     # with a quota (max_traces 10: 5 a label) the retries stop once the label has 5
     assert capped.manifest["labels"]["kept"] == {"negative": 5, "positive": 5}
     assert capped.counts["kept_by_round"] == {"1": 7, "6": 3} and capped.counts["extra_attempts"] == 6
+    with dspy.context(lm=_LateRightLM.make(small_task, right_negatives=0, right_from=99)):  # never right
+        with pytest.raises(ExportError, match=r"\{'positive': 20\} .*\(40 run, 100 attempts, 40 of them extra "
+                                              r"rounds for the labels short of traces\)"):
+            compile_training_data(program, small_task, balance=True, max_rounds=2, extra_rounds=2, progress=False)
     with pytest.raises(ExportError, match="extra_rounds must be a non-negative integer"):
         compile_training_data(program, small_task, extra_rounds=-1)
 
@@ -236,3 +240,26 @@ def test_rollout_seeds_differ_per_example_and_round(small_task):
     seeds = {rollout_seed(0, e, r) for e in examples for r in (2, 3, 4)}
     assert len(seeds) == 60  # independent draws, not one per round
     assert rollout_seed(0, examples[0], 2) == rollout_seed(0, examples[0], 2) != rollout_seed(1, examples[0], 2)
+
+
+def test_a_rare_label_keeps_its_few_examples_and_does_not_cap_the_others():
+    """Pure logic of the balancing: 20 / 16 / 1 passing examples with min_label_share 0.1 keep 16 / 16 / 1
+    (the rare label reported), not 1 / 1 / 1; with two labels the rarest always sets the cap."""
+    from types import SimpleNamespace
+
+    from autoprompt.export._training import _balance
+
+    def run(kept: dict[str, int], share: float):
+        records = [{"label": label, "example": f"{label}{i}"} for label, n in kept.items() for i in range(n)]
+        labels = {"kept": dict(kept), "dropped_balance": {}}
+        counts = {"dropped_balance": 0, "kept_examples": sum(kept.values()), "examples": 50, "attempts": 50}
+        out, missing, rare = _balance(records, list(kept), labels, counts, SimpleNamespace(name="t"), "train", share)
+        got = {label: sum(r["label"] == label for r in out) for label in kept}
+        return got, rare, labels, counts
+
+    got, rare, labels, counts = run({"setosa": 20, "versicolor": 16, "virginica": 1}, 0.1)
+    assert got == {"setosa": 16, "versicolor": 16, "virginica": 1} and rare == ["virginica"]
+    assert labels["dropped_balance"] == {"setosa": 4} and counts["kept_examples"] == 33
+    assert run({"setosa": 20, "versicolor": 16, "virginica": 1}, 0.0)[0] == {"setosa": 1, "versicolor": 1,
+                                                                            "virginica": 1}
+    assert run({"positive": 500, "negative": 20}, 0.1)[:2] == ({"positive": 20, "negative": 20}, [])  # two labels
