@@ -112,8 +112,10 @@ CATALOGUE = [
     ("bad data option", ["better-together", str(SENTIMENT), "--data-option", "max_trace=5"], ["max_trace"]),
     ("data option range", ["better-together", str(SENTIMENT), "--data-option", "extra_rounds=-1"],
      ["extra_rounds", ">= 0", "-1"]),
-    ("data option share", ["better-together", str(SENTIMENT), "--data-option", "val_fraction=1.5"],
-     ["val_fraction", "[0, 1)"]),
+    ("data option share", ["better-together", str(SENTIMENT), "--data-option", "val_fraction=1.5",
+                           "--data-option", "min_label_share=0.1"], ["val_fraction", "[0, 1)"]),
+    ("rare-label share", ["better-together", str(SENTIMENT), "--data-option", "min_label_share=2"],
+     ["min_label_share", "[0, 1]"]),
     ("bad finetune option", ["better-together", str(SENTIMENT), "--finetune-option", "rnk=4"], ["rnk", "rank"]),
     ("unknown flag", ["optimize", str(SENTIMENT), "--dev-limt", "5"], ["--dev-limt"]),
     # prompt files
