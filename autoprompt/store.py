@@ -201,10 +201,11 @@ class RunStore:
     def config(self) -> dict[str, Any]:
         return self.read_json("config.json")
 
-    def check_resume(self, config: dict[str, Any], keys: Iterable[str]) -> None:
+    def check_resume(self, config: dict[str, Any], keys: Iterable[str], recorded: dict[str, Any] | None = None) -> None:
         """A resumed run must be the same run: ``keys`` of its config equal those of ``config``
-        (compared as written, secrets redacted); a moved task file only warns."""
-        old = self.config
+        (compared as written, secrets redacted); a moved task file only warns. ``recorded`` replaces some
+        keys of the run's config for the comparison (e.g. with options added since, at their defaults)."""
+        old = {**self.config, **(recorded or {})}
         new = json.loads(dump_json(redact_obj(config)))
         old_source, new_source = old.get("task", {}).get("source"), new.get("task", {}).get("source")
         if old_source != new_source:

@@ -56,9 +56,15 @@ RUNS = HERE / "runs" / "optimizers"
 logger = logging.getLogger("benchmarks.optimizers")
 
 #: optimizer names of the benchmark -> autoprompt optimizer names (None: the zero-shot program, no search)
-OPTIMIZERS: dict[str, str | None] = {"optuna": "optuna", "mipro": "mipro", "gepa": "gepa", "simba": "simba",
-                                     "bfrs": "random-search", "bootstrap": "bootstrap", "zero-shot": None}
-LABELS = {"optuna": "autoprompt (Optuna search)", "mipro": "MIPROv2", "gepa": "GEPA", "simba": "SIMBA",
+OPTIMIZERS: dict[str, str | None] = {"optuna": "optuna", "optuna-retrieval": "optuna", "optuna-calibrate": "optuna",
+                                     "mipro": "mipro", "gepa": "gepa", "simba": "simba", "bfrs": "random-search",
+                                     "bootstrap": "bootstrap", "zero-shot": None}
+#: options of a side beyond the optimizer's defaults
+OPTIONS: dict[str, dict[str, Any]] = {"optuna-retrieval": {"retrieved_demos": True},
+                                      "optuna-calibrate": {"calibrate": True}}
+LABELS = {"optuna": "autoprompt (Optuna search)", "optuna-retrieval": "autoprompt, per-input demos searched too",
+          "optuna-calibrate": "autoprompt, calibration searched too",
+          "mipro": "MIPROv2", "gepa": "GEPA", "simba": "SIMBA",
           "bfrs": "BootstrapFewShotWithRandomSearch", "bootstrap": "BootstrapFewShot", "zero-shot": "zero-shot"}
 #: limits: a seeded label-stratified sample of N rows (None = the whole split); the same for every cell
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -133,7 +139,7 @@ def run_cell(task_name: str, calls: int, optimizer: str, seed: int, command: str
         with dspy.context(callbacks=[*dspy.settings.callbacks, recorder]):
             result = autoprompt.optimize(task, optimizer=OPTIMIZERS[optimizer], seed=seed, budget=calls,
                                          run_dir=run_dir, train_limit=settings["train_limit"],
-                                         dev_limit=settings["dev_limit"], progress=False)
+                                         dev_limit=settings["dev_limit"], progress=False, **OPTIONS.get(optimizer, {}))
         dev = result.evaluations[("optimized", "dev")]
         dev_baseline = result.baseline_score
         result.evaluate("test", limit=settings["test_limit"], progress=False)

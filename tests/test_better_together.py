@@ -21,6 +21,32 @@ from .conftest import TASKS
 from .test_cli import cli
 
 
+def test_resume_takes_an_option_added_since_the_run_started_at_its_default(tmp_path) -> None:
+    """A run recorded by an older autoprompt (no ``extra_rounds`` in its w step's options) resumes when the
+    step takes the option's default; at another value it is a different run and is refused."""
+    from autoprompt._exceptions import RunError
+    from autoprompt.bettertogether import WeightStep, _with_added_defaults
+    from autoprompt.store import RunStore
+
+    def steps(step: WeightStep) -> dict:
+        return {"w": {"class": "autoprompt.bettertogether._steps.WeightStep", "options": step.options()}}
+
+    old = steps(WeightStep())
+    del old["w"]["options"]["extra_rounds"]
+    store = RunStore.create("better-together", path=tmp_path / "run")
+    store.write_json("config.json", {"steps": old})
+    store = RunStore.open(tmp_path / "run", "better-together")
+    for step, ok in ((WeightStep(), True), (WeightStep(extra_rounds=0), False)):
+        new = steps(step)
+        recorded = {"steps": _with_added_defaults(store.config["steps"], new, {"w": step})}
+        if ok:
+            store.check_resume({"steps": new}, ("steps",), recorded)
+        else:
+            with pytest.raises(RunError, match="cannot resume .* its steps was"):
+                store.check_resume({"steps": new}, ("steps",), recorded)
+    assert "extra_rounds" not in store.config["steps"]["w"]["options"]  # the run's own record is left as it was
+
+
 def test_strategies_parse_and_bad_ones_are_named() -> None:
     assert [parse_strategy(s) for s in STRATEGIES] == [("p",), ("w",), ("p", "w"), ("w", "p"), ("p", "w", "p")]
     assert parse_strategy("P->W") == ("p", "w")

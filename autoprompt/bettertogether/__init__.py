@@ -18,6 +18,7 @@ an unfinished ``p``::
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -77,6 +78,27 @@ def parse_strategy(strategy: str, letters: Sequence[str] = ("p", "w")) -> tuple[
             f"{list(STRATEGIES)}"
         )
     return parts
+
+
+def _with_added_defaults(old: dict[str, Any], new: dict[str, Any], letters: dict[str, Any]) -> dict[str, Any]:
+    """The steps a run's config recorded, with each option a later autoprompt added (absent from the record)
+    filled in when the resumed step takes its default: an upgrade alone does not block ``--resume``."""
+    import inspect
+
+    out = json.loads(json.dumps(old))
+    for letter, step in new.items():
+        before = out.get(letter)
+        if not isinstance(before, dict) or before.get("class") != step["class"]:
+            continue
+        defaults = {name: p.default for name, p in inspect.signature(type(letters[letter]).__init__).parameters.items()
+                    if p.default is not inspect.Parameter.empty}
+        options = before.setdefault("options", {})
+        for key, value in step["options"].items():
+            if key not in options and key in defaults and defaults[key] == value:
+                logger.warning("resuming: step %r's option %s was not recorded (an older autoprompt); taking its "
+                               "default %r", letter, key, value)
+                options[key] = value
+    return out
 
 
 def _name(parts: Sequence[str]) -> str:
@@ -277,7 +299,8 @@ def better_together(
         "limit_sampling": "seeded (0), stratified over the labels",
     }
     if resume:
-        store.check_resume(config, ("task", "lm", "seed", "limits", "steps"))
+        recorded = {"steps": _with_added_defaults(store.config.get("steps", {}), config["steps"], letters)}
+        store.check_resume(config, ("task", "lm", "seed", "limits", "steps"), recorded)
     store.write_json("config.json", config)
     result = BetterTogetherResult(task=task, strategies=names, store=store, config=config)
 

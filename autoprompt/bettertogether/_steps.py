@@ -215,6 +215,7 @@ class WeightStep(BaseStep):
         return get_finetuner("lora", seed=context.seed, progress=context.progress, base_model=lm.base_model)
 
     def run(self, state: State, context: StepContext) -> State:
+        from autoprompt._retrieval import detach
         from autoprompt.export import compile_training_data
 
         finetuner = self.finetuner_for(state.lm, context)
@@ -227,9 +228,12 @@ class WeightStep(BaseStep):
         data.save(context.folder / "data", format="openai")
         tuned = finetuner.finetune(data, context.folder / "model")
         program = state.program.deepcopy()
-        if not data.manifest["options"]["keep_demos"]:  # ask the tuned LM what it was trained on
-            for _, predictor in program.named_predictors():
+        for _, predictor in program.named_predictors():
+            if not data.manifest["options"]["keep_demos"]:  # ask the tuned LM what it was trained on
+                detach(predictor)  # per-input demos too
                 predictor.demos = []
+            # a calibration measured the base model's bias; the tuned model learnt the calibrated answers
+            predictor.config = {k: v for k, v in predictor.config.items() if k != "logit_bias"}
         if tuned.output_dir is not None and state.lm.is_local:
             lm = state.lm.base().with_adapter(Path(tuned.lm_spec.partition("?lora=")[2]))
         else:  # a provider's fine-tuned model: its server settings (and key, in memory) carry over

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from autoprompt.export._base import BaseExporter
@@ -11,6 +12,17 @@ from autoprompt.export._render import json_schema, render_messages, signature_fr
 __all__ = ["JsonExporter", "MessagesExporter", "TextExporter"]
 
 MESSAGES_FORMAT_VERSION = 1
+
+RETRIEVAL_RULE = (
+    "This predictor's demos are chosen per input; 'messages' holds none. For each call: the tokens of an "
+    "example are, for each input field in order, the matches of [a-z0-9]+(?:[.,][0-9]+)* in its lower-cased "
+    "value, each written '<field>:<match>'; score every pool example "
+    "with Okapi BM25 (k1, b as given; idf = ln(1 + (N - df + 0.5) / (df + 0.5)); each distinct query "
+    "token once); skip an example whose input fields equal the call's; take the k best (ties: the earlier "
+    "pool example) and insert them, the best last, as demo turns (a user message with the input fields, "
+    "an assistant message with the output fields as JSON) between the system message and the final user "
+    "message. autoprompt.render_messages(prompt_json, inputs) renders exactly these messages."
+)
 
 
 class JsonExporter(BaseExporter):
@@ -35,20 +47,27 @@ class MessagesExporter(BaseExporter):
         for spec in document["predictors"]:
             sig = signature_from_spec(spec)
             schema = json_schema(sig)
-            out.append(
-                {
-                    "predictor": spec["name"],
-                    "inputs": list(sig.input_fields),
-                    "outputs": list(sig.output_fields),
-                    "placeholder": "{{<input field>}}",
-                    "messages": render_messages(document, predictor=spec["name"]),
-                    "response_format": {
-                        "type": "json_schema",
-                        "json_schema": {"name": "DSPyProgramOutputs", "schema": schema, "strict": True},
-                    },
-                    "generation": {"temperature": spec.get("config", {}).get("temperature", 0.0)},
-                }
-            )
+            entry = {
+                "predictor": spec["name"],
+                "inputs": list(sig.input_fields),
+                "outputs": list(sig.output_fields),
+                "placeholder": "{{<input field>}}",
+                "messages": render_messages(document, predictor=spec["name"]),
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "DSPyProgramOutputs", "schema": schema, "strict": True},
+                },
+                "generation": {"temperature": spec.get("config", {}).get("temperature", 0.0)},
+            }
+            if spec.get("retrieval"):
+                entry["demos_per_input"] = {**spec["retrieval"], "rule": RETRIEVAL_RULE}
+            bias = spec.get("config", {}).get("logit_bias")
+            if bias:  # a calibrated label choice (autoprompt._calibration): send it with every call
+                entry["generation"]["logit_bias"] = bias
+                entry["generation"]["logit_bias_note"] = (
+                    "token ids of the model in 'lm' (its GGUF's tokenizer): valid for that model only, e.g. "
+                    "llama.cpp's server; OpenAI's meaning (added to the token's logit)")
+            out.append(entry)
         return dump_json(
             {
                 "format": "autoprompt.messages",
@@ -78,6 +97,14 @@ class TextExporter(BaseExporter):
             sig = signature_from_spec(spec)
             lines.append(f"\n######## predictor {spec['name']}: {', '.join(sig.input_fields)} -> "
                          f"{', '.join(sig.output_fields)}")
+            if spec.get("retrieval"):
+                r = spec["retrieval"]
+                lines.append(f"# Demos are chosen per input ({r['k']} nearest of {len(r['pool'])} labelled examples, "
+                             f"{r['method']}): this text cannot carry them and shows the prompt without demos. "
+                             "The json and messages exports carry the pool and the rule.")
+            if spec.get("config", {}).get("logit_bias"):
+                lines.append(f"# Calibrated label choice: send logit_bias {json.dumps(spec['config']['logit_bias'], sort_keys=True)} "
+                             "(token ids of the model in 'lm') with every call; without it the answers differ.")
             for message in render_messages(document, predictor=spec["name"]):
                 lines.append(f"\n=== {message['role']} ===")
                 lines.append(message["content"])

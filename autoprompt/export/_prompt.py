@@ -1,6 +1,8 @@
 """The versioned prompt document, and loading it back into a task's program.
 
-Shape (``format_version`` 1; keys sorted, 2-space indent, so the same program gives the same bytes)::
+Shape (``format_version`` 1; keys sorted, 2-space indent, so the same program gives the same bytes;
+``format_version`` 2 when a predictor retrieves its demos per input: it then has a ``retrieval`` entry,
+``{"method": "bm25", "k", "input_fields", "pool", "k1", "b"}``, and empty ``demos``)::
 
     {"format": "autoprompt.prompt", "format_version": 1, "autoprompt_version": "0.1.0",
      "task": "sentiment", "lm": {...}, "seed": 0, "optimizer": "optuna", "scores": {...},
@@ -21,6 +23,7 @@ from typing import Any
 import dspy
 
 from autoprompt._exceptions import ExportError
+from autoprompt._retrieval import Retriever, attach, retriever_of
 from autoprompt._version import __version__
 from autoprompt.store import dump_json
 
@@ -28,6 +31,8 @@ __all__ = ["FORMAT", "FORMAT_VERSION", "dump_json", "load_prompt", "prompt_docum
 
 FORMAT = "autoprompt.prompt"
 FORMAT_VERSION = 1
+RETRIEVAL_FORMAT_VERSION = 2  # written when a predictor retrieves demos; read: both
+READS = (FORMAT_VERSION, RETRIEVAL_FORMAT_VERSION)
 
 
 def _field(name: str, info: Any) -> dict[str, Any]:
@@ -52,21 +57,24 @@ def prompt_document(program: dspy.Module, *, task: Any, meta: dict[str, Any] | N
         for demo in predictor.demos:
             d = demo.toDict() if hasattr(demo, "toDict") else dict(demo)
             demos.append({k: v for k, v in d.items() if k in sig.fields})
-        predictors.append(
-            {
-                "name": name,
-                "instruction": sig.instructions,
-                "fields": {
-                    "inputs": [_field(n, f) for n, f in sig.input_fields.items()],
-                    "outputs": [_field(n, f) for n, f in sig.output_fields.items()],
-                },
-                "demos": demos,
-                "config": dict(predictor.config or {}),
-            }
-        )
+        entry = {
+            "name": name,
+            "instruction": sig.instructions,
+            "fields": {
+                "inputs": [_field(n, f) for n, f in sig.input_fields.items()],
+                "outputs": [_field(n, f) for n, f in sig.output_fields.items()],
+            },
+            "demos": demos,
+            "config": dict(predictor.config or {}),
+        }
+        retriever = retriever_of(predictor)
+        if retriever is not None:
+            entry["retrieval"] = retriever.spec()
+        predictors.append(entry)
+    retrieves = any("retrieval" in p for p in predictors)
     document = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": RETRIEVAL_FORMAT_VERSION if retrieves else FORMAT_VERSION,
         "autoprompt_version": __version__,
         "task": task.name,
         "adapter": "JSONAdapter",
@@ -91,10 +99,10 @@ def read_prompt(source: str | Path | dict) -> dict[str, Any]:
     if document.get("format") != FORMAT:
         raise ExportError(f"{where}: not an autoprompt prompt file (format={document.get('format')!r})")
     version = document.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READS:
         raise ExportError(
             f"{where}: format_version {version!r} is not supported by autoprompt {__version__} "
-            f"(reads version {FORMAT_VERSION}); upgrade autoprompt or re-export the prompt"
+            f"(reads versions {', '.join(map(str, READS))}); upgrade autoprompt or re-export the prompt"
         )
     return document
 
@@ -133,6 +141,11 @@ def load_prompt(source: str | Path | dict, task: Any) -> dspy.Module:
             )
         predictor.signature = sig.with_instructions(spec["instruction"])
         predictor.demos = [dspy.Example(**d) for d in spec["demos"]]
+        if spec.get("retrieval"):
+            try:
+                attach(predictor, Retriever.from_spec(spec["retrieval"]))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ExportError(f"predictor {name!r}: its demo retrieval cannot be rebuilt ({exc})") from exc
         if spec.get("config"):
             predictor.config = dict(spec["config"])
     return program

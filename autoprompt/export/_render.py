@@ -69,7 +69,8 @@ def render_messages(
 
     Args:
         document: a prompt document (see :func:`autoprompt.load_prompt`'s file format).
-        inputs: values of the input fields; ``None`` leaves ``{{field}}`` placeholders.
+        inputs: values of the input fields; ``None`` leaves ``{{field}}`` placeholders (and, for a
+            predictor that retrieves its demos per input, renders it without demos).
         predictor: which predictor (only needed when there are several).
 
     Example:
@@ -81,10 +82,15 @@ def render_messages(
     """
     spec = _predictor(document, predictor)
     signature = signature_from_spec(spec)
+    placeholders = inputs is None  # a template: a predictor that retrieves demos shows none
     if inputs is None:
         inputs = {name: PLACEHOLDER.format(name=name) for name in signature.input_fields}
     missing = [n for n in signature.input_fields if n not in inputs]
     if missing:
         raise ExportError(f"inputs {missing} are missing; the prompt needs {list(signature.input_fields)}")
     demos = [dspy.Example(**d) for d in spec["demos"]]
+    if spec.get("retrieval") and not placeholders:  # per-input demos: the ones this input gets
+        from autoprompt._retrieval import Retriever
+
+        demos = Retriever.from_spec(spec["retrieval"])(dict(inputs))
     return dspy.JSONAdapter().format(signature, demos, dict(inputs))

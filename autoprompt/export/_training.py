@@ -33,6 +33,7 @@ import dspy
 
 from autoprompt._exceptions import ExportError
 from autoprompt._parallel import lm_concurrency, ordered_map
+from autoprompt._retrieval import demos_for
 from autoprompt._version import __version__
 from autoprompt.evaluate import run_one
 from autoprompt.store import atomic_write, dump_json
@@ -459,7 +460,7 @@ def split_validation(records: list[dict[str, Any]], val_fraction: float, seed: i
 def _add(records: list, seen: set, counts: dict, adapter: Any, predictor: Any, names: dict, inputs: dict,
          outputs: dict, keep_demos: bool, dedupe: bool, label: str | None = None) -> None:
     """One training record: the messages the adapter sends for ``inputs`` and the answer ``outputs``."""
-    demos = [d.toDict() if hasattr(d, "toDict") else dict(d) for d in predictor.demos] if keep_demos else []
+    demos = [d.toDict() if hasattr(d, "toDict") else dict(d) for d in demos_for(predictor, inputs)] if keep_demos else []
     # JSONAdapter has no format_finetune_data: the same two calls ChatAdapter's makes
     messages = adapter.format(predictor.signature, demos, inputs) + [{
         "role": "assistant",

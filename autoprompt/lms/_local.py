@@ -99,7 +99,7 @@ class LlamaCppEngine(BaseEngine):
     """
 
     supports_response_schema = True
-    supported_params = frozenset({"temperature", "max_tokens", "stop", "response_format", "top_p"})
+    supported_params = frozenset({"temperature", "max_tokens", "stop", "response_format", "top_p", "logit_bias"})
 
     def __init__(
         self,
@@ -248,6 +248,50 @@ class LlamaCppEngine(BaseEngine):
         finally:
             self._release(llama)
 
+    def first_tokens(self, texts: list[str]) -> list[int]:
+        """The first token of each text as the model writes it after an opening quote (a JSON string)."""
+        llama = self.llama
+        return [llama.tokenize(str(t).encode(), add_bos=False, special=False)[0] for t in texts]
+
+    def label_distribution(self, messages: list[dict[str, str]], *, schema: dict[str, Any], field: str,
+                           token_ids: list[int]) -> list[float] | None:
+        """The model's probabilities of ``token_ids`` (each label's first token, see :meth:`first_tokens`) at
+        the step of a greedy, grammar-constrained answer where the string value of ``field`` starts: what
+        the label choice compares. ``None`` when the answer never reaches that field. Counts as one LM call
+        on the current meter (and is refused past its cap)."""
+        import re
+
+        import numpy as np
+        from llama_cpp import LogitsProcessorList
+
+        from autoprompt.usage import current_meter
+
+        meter = current_meter()
+        if meter is not None:
+            meter.check()
+        at = re.compile(r'"' + re.escape(field) + r'"\s*:\s*"$')
+        found: list[np.ndarray] = []
+        llama = self._acquire()
+        try:
+            def record(input_ids: Any, scores: Any) -> Any:
+                if not found and at.search(llama.detokenize(list(input_ids[-8:])).decode("utf-8", "ignore")):
+                    found.append(np.asarray(scores, dtype=np.float64)[token_ids])
+                return scores
+
+            out = llama.create_chat_completion(
+                messages=messages, temperature=0.0, max_tokens=self.max_tokens,
+                response_format={"type": "json_object", "schema": schema},
+                logits_processor=LogitsProcessorList([record]),
+            )
+        finally:
+            self._release(llama)
+        if meter is not None:
+            meter.add_usage(self.model_id, dict(out.get("usage") or {}))
+        if not found:
+            return None
+        z = np.exp(found[0] - found[0].max())
+        return (z / z.sum()).tolist()
+
     def _complete(self, request: Any) -> Any:
         from dspy import lm15
 
@@ -266,6 +310,9 @@ class LlamaCppEngine(BaseEngine):
             params["stop"] = list(config.stop)
         if config.seed is not None:
             params["seed"] = config.seed
+        bias = (config.extensions or {}).get("logit_bias")
+        if bias:  # {token id: added logit}, OpenAI's meaning (a calibrated label choice, autoprompt._calibration)
+            params["logit_bias"] = {int(k): float(v) for k, v in bias.items()}
         fmt = config.response_format
         if fmt is not None:
             params["response_format"] = {"type": "json_object"}

@@ -62,6 +62,31 @@ def test_rendered_messages_sent_without_dspy_get_the_same_answers(lm, small_task
     assert agree == len(examples)
 
 
+def test_per_input_demos_rendered_and_sent_without_dspy_get_the_same_answers(lm, small_task, tmp_path):
+    """A prompt whose demos are retrieved per input: the json export reloads to the same answers, and the
+    messages ``render_messages`` builds for each input, sent raw to llama.cpp, get the program's answers."""
+    from autoprompt._retrieval import Retriever, attach
+
+    program = small_task.make_program()
+    pool = [{"text": e.text, "label": e.label} for e in small_task.examples("train")]
+    attach(program.predictors()[0], Retriever(pool, ["text"], k=3))
+    path = export_prompt(prompt_document(program, task=small_task), tmp_path / "prompt.json", format="json")
+    document = read_prompt(path)
+    reloaded = autoprompt.load_prompt(path, small_task)
+    schema = json.loads(export_prompt(document, tmp_path / "m.json", format="messages").read_text())[
+        "predictors"][0]["response_format"]["json_schema"]["schema"]
+    engine = LlamaCppEngine()
+    examples = small_task.examples("test")[:6]
+    for example in examples:
+        messages = render_messages(document, {"text": example.text})
+        assert len(messages) == 2 + 2 * 3
+        raw = engine.chat(messages, response_format={"type": "json_object", "schema": schema}, max_tokens=128)
+        answer = json.loads(raw["choices"][0]["message"]["content"])["label"]
+        with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+            assert program(text=example.text).label == answer
+            assert reloaded(text=example.text).label == answer
+
+
 def test_render_messages_fills_inputs(small_task, optimized):
     document = prompt_document(optimized, task=small_task)
     filled = render_messages(document, {"text": "what a film"})

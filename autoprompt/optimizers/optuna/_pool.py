@@ -3,7 +3,10 @@
 Per predictor: the original instruction, ``n_templates`` rewordings of it written from the signature
 without an LM (:func:`autoprompt._instructions.paraphrases`), and instructions the proposer LM writes
 (a candidate it cannot produce is skipped and counted); and demo sets: labelled samples of the train split balanced over the
-labels, and demos bootstrapped from the program's own passing traces. The pool is stored in the study
+labels, and demos bootstrapped from the program's own passing traces; with ``calibrate``, whether a trial
+may calibrate the predictor's label choice; with ``retrieval``, the labelled
+train split itself, from which a trial may take per-input demos instead (the nearest examples by BM25,
+:mod:`autoprompt._retrieval`). The pool is stored in the study
 (``study.user_attrs["pool"]``, versioned) so that every worker and every reader uses the same one.
 """
 
@@ -45,7 +48,7 @@ class ProposeInstruction(dspy.Signature):
 
 
 def build_pool(program: dspy.Module, task: Any, context: Context, *, max_demos: int, n_demo_sets: int,
-               n_instructions: int, n_templates: int = 0) -> dict:
+               n_instructions: int, n_templates: int = 0, retrieval: bool = False, calibrate: bool = False) -> dict:
     """Instructions and demo sets per predictor; see the module docstring."""
     rng = random.Random(context.seed)
     pool: dict[str, Any] = {"version": POOL_VERSION, "predictors": {}, "skipped": {}}
@@ -71,6 +74,17 @@ def build_pool(program: dspy.Module, task: Any, context: Context, *, max_demos: 
             "instructions": instructions[name],
             "demo_sets": labeled + [s for s in boot_sets.get(name, []) if s],
         }
+        inputs = list(predictor.signature.input_fields)
+        if retrieval and max_demos and context.trainset and all(k in context.trainset[0] for k in inputs):
+            # the labelled train split, for per-input demos (autoprompt._retrieval); a predictor whose inputs
+            # the examples do not hold (an inner step's intermediate fields) keeps fixed demos only
+            pool["predictors"][name]["retrieval"] = [
+                {k: v for k, v in ex.items() if k in fields} for ex in context.trainset
+            ]
+        elif retrieval and max_demos:
+            logger.info("predictor %s: no per-input demos (the train examples lack its inputs %s)", name, inputs)
+        if calibrate:
+            pool["predictors"][name]["calibrate"] = _calibratable(name, predictor, task)
     pool["skipped"] = {"instructions": inst_failed, "bootstrap_examples": boot_failed}
     logger.info(
         "candidate pool: %s; skipped %d instruction proposals and %d bootstrap examples",
@@ -79,6 +93,24 @@ def build_pool(program: dspy.Module, task: Any, context: Context, *, max_demos: 
         boot_failed,
     )
     return json.loads(json.dumps(pool, default=str))
+
+
+def _calibratable(name: str, predictor: Any, task: Any) -> bool:
+    """Whether a trial may calibrate this predictor's label choice (see :mod:`autoprompt._calibration`)."""
+    from autoprompt._calibration import local_engine
+
+    lm = dspy.settings.lm  # the task LM (a trial calibrates for the LM it is scored on)
+    engine = local_engine(lm)
+    why = None
+    if not task.choices or task.label_field not in predictor.signature.output_fields:
+        why = "it does not choose the task's declared labels"
+    elif engine is None:
+        why = f"its LM {getattr(lm, 'model', lm)!r} is not the embedded llama.cpp engine (logit_bias needs its token ids)"
+    elif len(set(engine.first_tokens(list(task.choices)))) < len(task.choices):
+        why = "labels share a first token"
+    if why:
+        logger.info("calibration not searched for predictor %s: %s", name, why)
+    return why is None
 
 
 def load_pool(study: Any) -> dict:

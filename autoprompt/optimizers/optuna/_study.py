@@ -29,6 +29,13 @@ class OptunaSearch(BaseOptimizer):
         n_templates: rewordings of the original instruction written from the signature without an LM
             (up to 4: "answer with the label only", the inputs and the declared choices spelled out,
             ...) added to the candidates. Default 0 until the optimizers benchmark has measured them.
+        calibrate: also search contextual calibration of the label choice (parameter
+            ``<predictor>.calibrate``): a trial that takes it measures its prompt's label bias on
+            content-free inputs (3 LM calls) and corrects it with a ``logit_bias``
+            (:mod:`autoprompt._calibration`; the embedded model only: the ids are its tokenizer's).
+        retrieved_demos: also search per-input demos: a trial may take, instead of a fixed demo set, the
+            ``n_demos`` labelled train examples nearest to each input (BM25 over the input fields,
+            :mod:`autoprompt._retrieval`; parameter ``<predictor>.retrieve``).
         minibatches: sizes of the growing dev minibatches a trial is scored on; the last step is
             always the whole search dev set.
         max_dev: score trials on at most this many dev examples (a seeded sample); the winner is
@@ -54,6 +61,8 @@ class OptunaSearch(BaseOptimizer):
         n_demo_sets: int = 4,
         n_instructions: int = 2,
         n_templates: int = 0,
+        retrieved_demos: bool = False,
+        calibrate: bool = False,
         minibatches: tuple[int, ...] = (20, 50),
         max_dev: int | None = 100,
         pruner: Any = "median",
@@ -68,6 +77,8 @@ class OptunaSearch(BaseOptimizer):
         self.n_demo_sets = n_demo_sets
         self.n_instructions = n_instructions
         self.n_templates = n_templates
+        self.retrieved_demos = retrieved_demos
+        self.calibrate = calibrate
         self.minibatches = tuple(minibatches)
         self.max_dev = max_dev
         self.pruner = pruner
@@ -150,7 +161,8 @@ class OptunaSearch(BaseOptimizer):
         pool = study.user_attrs.get("pool")
         if pool is None:
             pool = build_pool(program, task, context, max_demos=self.max_demos, n_demo_sets=self.n_demo_sets,
-                              n_instructions=self.n_instructions, n_templates=self.n_templates)
+                              n_instructions=self.n_instructions, n_templates=self.n_templates,
+                              retrieval=self.retrieved_demos, calibrate=self.calibrate)
             latest = optuna.load_study(study_name=self.study_name, storage=study._storage).user_attrs.get("pool")
             if latest is None:
                 study.set_user_attr("pool", pool)
@@ -211,7 +223,7 @@ class OptunaSearch(BaseOptimizer):
             trial = study.best_trial
         self.best_trial_ = trial.number
         self.task_params_ = trial.user_attrs.get("task_params", {})
-        return build_program(task, self.pool_, trial.params, self.task_params_)
+        return build_program(task, self.pool_, trial.params, self.task_params_, trial.user_attrs.get("logit_bias"))
 
 
 def _stop_on_budget(context: Context):

@@ -10,6 +10,7 @@ import dspy
 
 from autoprompt._exceptions import BudgetExhausted, LMError
 from autoprompt.evaluate import MAX_ERROR_SHARE, MAX_LEADING_ERRORS, run_one
+from autoprompt._retrieval import Retriever, attach, demos_for
 from autoprompt.optimizers._base import Context
 
 __all__ = ["build_program", "program_of_trial", "run_trial", "suggest"]
@@ -17,9 +18,11 @@ __all__ = ["build_program", "program_of_trial", "run_trial", "suggest"]
 logger = logging.getLogger(__name__)
 
 
-def build_program(task: Any, pool: dict, params: dict[str, Any], task_params: dict | None = None) -> dspy.Module:
+def build_program(task: Any, pool: dict, params: dict[str, Any], task_params: dict | None = None,
+                  logit_bias: dict[str, dict] | None = None) -> dspy.Module:
     """The program a trial's parameters stand for: ``params`` are autoprompt's own (instruction, demo
-    set, number of demos, temperature), ``task_params`` what the task's ``search_space`` returned."""
+    set, number of demos, temperature), ``task_params`` what the task's ``search_space`` returned,
+    ``logit_bias`` the calibration a trial measured per predictor (its ``logit_bias`` user attribute)."""
     program = task.make_program()
     if task.configure is not None and task_params:
         program = task.configure(program, dict(task_params))
@@ -30,11 +33,16 @@ def build_program(task: Any, pool: dict, params: dict[str, Any], task_params: di
         instruction = cands["instructions"][params.get(f"{name}.instruction", 0)]
         predictor.signature = predictor.signature.with_instructions(instruction)
         n_demos = params.get(f"{name}.n_demos", 0)
-        demo_set = cands["demo_sets"][params.get(f"{name}.demo_set", 0)] if cands["demo_sets"] else []
-        predictor.demos = [dspy.Example(**d) for d in demo_set[:n_demos]]
+        if params.get(f"{name}.retrieve") and n_demos > 0:  # per-input demos, nearest train examples
+            attach(predictor, Retriever(cands["retrieval"], list(predictor.signature.input_fields), n_demos))
+        else:
+            demo_set = cands["demo_sets"][params.get(f"{name}.demo_set", 0)] if cands["demo_sets"] else []
+            predictor.demos = [dspy.Example(**d) for d in demo_set[:n_demos]]
         temperature = params.get("temperature")
         if temperature:
             predictor.config = {**predictor.config, "temperature": temperature}
+        if params.get(f"{name}.calibrate") and (logit_bias or {}).get(name):
+            predictor.config = {**predictor.config, "logit_bias": dict(logit_bias[name])}
     return program
 
 
@@ -48,22 +56,32 @@ def program_of_trial(study: Any, task: Any, trial_number: int) -> tuple[dspy.Mod
         raise RunError(f"trial {trial_number} does not exist; the study has trials 0..{len(study.trials) - 1}")
     trial = study.trials[trial_number]
     task_params = trial.user_attrs.get("task_params", {})
-    return build_program(task, load_pool(study), trial.params, task_params), task_params
+    return build_program(task, load_pool(study), trial.params, task_params, trial.user_attrs.get("logit_bias")), \
+        task_params
 
 
 def suggest(trial: Any, task: Any, pool: dict, *, max_demos: int, temperatures: tuple[float, ...]
             ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Sample a trial's parameters: per predictor an instruction, a demo set and a number of demos, the
+    """Sample a trial's parameters: per predictor an instruction, fixed or retrieved demos (when the pool
+    holds a retrieval pool), a demo set and a number of demos, the
     temperature (when several are searched) and the task's own ``search_space``."""
     params: dict[str, Any] = {}
     for name, cands in pool["predictors"].items():
         params[f"{name}.instruction"] = trial.suggest_categorical(
             f"{name}.instruction", list(range(len(cands["instructions"])))
         )
-        if cands["demo_sets"] and max_demos > 0:
-            params[f"{name}.demo_set"] = trial.suggest_categorical(
-                f"{name}.demo_set", list(range(len(cands["demo_sets"])))
-            )
+        retrieval = bool(cands.get("retrieval"))
+        if cands.get("calibrate"):
+            params[f"{name}.calibrate"] = trial.suggest_categorical(f"{name}.calibrate", [False, True])
+        if (cands["demo_sets"] or retrieval) and max_demos > 0:
+            retrieve = False
+            if retrieval:  # per-input demos (conditional: a retrieving trial samples no demo set)
+                retrieve = trial.suggest_categorical(f"{name}.retrieve", [False, True] if cands["demo_sets"] else [True])
+                params[f"{name}.retrieve"] = retrieve
+            if not retrieve:
+                params[f"{name}.demo_set"] = trial.suggest_categorical(
+                    f"{name}.demo_set", list(range(len(cands["demo_sets"])))
+                )
             params[f"{name}.n_demos"] = trial.suggest_int(f"{name}.n_demos", 0, max_demos)
     if len(temperatures) > 1:
         params["temperature"] = trial.suggest_categorical("temperature", list(temperatures))
@@ -79,9 +97,20 @@ def run_trial(trial: Any, task: Any, pool: dict, devset: list, steps: list[int],
     import optuna
 
     params, task_params = suggest(trial, task, pool, max_demos=max_demos, temperatures=temperatures)
-    program = build_program(task, pool, params, task_params)
     meter = context.meter.child()  # this trial's calls only, also when trials run at once (jobs > 1)
     started = time.monotonic()
+    program = build_program(task, pool, params, task_params)
+    try:
+        with dspy.context(usage_tracker=meter):
+            logit_bias = _calibrate(program, params, task)
+    except BudgetExhausted as exc:
+        logger.info("trial %d stopped while calibrating: %s", trial.number, exc)
+        trial.set_user_attr("budget_exhausted", True)
+        trial.study.stop()
+        raise optuna.TrialPruned() from exc
+    if logit_bias:
+        trial.set_user_attr("logit_bias", logit_bias)
+        program = build_program(task, pool, params, task_params, logit_bias)
     total = 0.0
     done = 0
     failures = errors = 0
@@ -135,12 +164,27 @@ def run_trial(trial: Any, task: Any, pool: dict, devset: list, steps: list[int],
     return (score, prompt_tokens) if multi_objective else score
 
 
+def _calibrate(program: dspy.Module, params: dict[str, Any], task: Any) -> dict[str, dict]:
+    """The calibrating logit bias of each predictor whose ``calibrate`` parameter is on (LM calls, metered)."""
+    from autoprompt._calibration import label_bias
+
+    out = {}
+    for name, predictor in program.named_predictors():
+        if params.get(f"{name}.calibrate"):
+            bias = label_bias(predictor, field=task.label_field, choices=list(task.choices or ()))
+            if bias is None:
+                logger.warning("predictor %s: calibration found no label choice to measure; left uncalibrated", name)
+            else:
+                out[name] = bias
+    return out
+
+
 def _prompt_tokens(program: dspy.Module, task: Any, example: dspy.Example) -> int:
     """Tokens of the prompt the program sends for one example (all predictors, chars/4 estimate)."""
     adapter = dspy.settings.adapter or dspy.JSONAdapter()
     chars = 0
     for _, predictor in program.named_predictors():
         inputs = {k: example[k] for k in predictor.signature.input_fields if k in example}
-        messages = adapter.format(predictor.signature, predictor.demos, inputs)
+        messages = adapter.format(predictor.signature, demos_for(predictor, inputs), inputs)
         chars += sum(len(str(m.get("content", ""))) for m in messages)
     return chars // 4

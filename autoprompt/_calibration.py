@@ -1,0 +1,72 @@
+"""Contextual calibration of a label choice (Zhao et al. 2021, "Calibrate Before Use").
+
+A small model answers one label for nearly every input (the 135M model zero-shot on SST-2: "positive").
+Calibration asks the program's prompt about content-free inputs ("N/A", "", "[MASK]"), reads the model's
+probability of each label where the label is chosen, and adds ``-log p_cf(label)`` (centred) to the logit
+of the label's first token at every call: the choice then compares ``p(label | input) / p_cf(label)``.
+For a grammar-constrained greedy answer this is exact when the labels start with different tokens.
+
+The bias is an OpenAI ``logit_bias`` (token id -> added logit) in the predictor's config: DSPy passes it to
+the LM, the prompt file keeps it, the ``messages`` export carries it. Token ids belong to one tokenizer,
+so calibration needs the embedded llama.cpp engine (to read the probabilities and the ids); with any other
+LM it is not offered. Measured on its own: ``benchmarks/results/search_moves.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import dspy
+
+__all__ = ["CONTENT_FREE", "label_bias", "local_engine"]
+
+logger = logging.getLogger(__name__)
+
+CONTENT_FREE = ("N/A", "", "[MASK]")
+MAX_BIAS = 100.0  # OpenAI's range for logit_bias values
+
+
+def local_engine(lm: Any = None) -> Any:
+    """The embedded llama.cpp engine that answers ``lm`` (default: DSPy's current LM), or ``None``."""
+    from autoprompt.lms._local import _BY_MODEL_ID
+
+    lm = lm if lm is not None else dspy.settings.lm
+    model = getattr(lm, "model", None)
+    if not isinstance(model, str):
+        return None
+    return _BY_MODEL_ID.get(model) or _BY_MODEL_ID.get(f"local/{model}")
+
+
+def label_bias(predictor: dspy.Predict, *, field: str, choices: list[str], lm: Any = None
+               ) -> dict[str, float] | None:
+    """The calibrating ``logit_bias`` of ``predictor``'s choice of ``field`` among ``choices`` (its current
+    instruction and demos), from ``len(CONTENT_FREE)`` metered LM calls; ``None`` when it cannot be had
+    (not the embedded engine, labels sharing a first token, the answer never reaching the field)."""
+    from autoprompt._retrieval import demos_for
+    from autoprompt.export._render import json_schema
+
+    engine = local_engine(lm)
+    if engine is None or field not in predictor.signature.output_fields or len(choices) < 2:
+        return None
+    ids = engine.first_tokens(choices)
+    if len(set(ids)) < len(ids):
+        logger.info("no calibration: labels %s share a first token", choices)
+        return None
+    signature = predictor.signature
+    schema = json_schema(signature)
+    adapter = dspy.JSONAdapter()
+    found = []
+    for value in CONTENT_FREE:
+        inputs = {name: value for name in signature.input_fields}
+        messages = adapter.format(signature, demos_for(predictor, inputs), inputs)
+        dist = engine.label_distribution(messages, schema=schema, field=field, token_ids=ids)
+        if dist is not None:
+            found.append(dist)
+    if not found:
+        return None
+    mean = [sum(d[i] for d in found) / len(found) for i in range(len(ids))]
+    bias = [-math.log(max(p, 1e-12)) for p in mean]
+    centre = sum(bias) / len(bias)
+    return {str(token): round(max(-MAX_BIAS, min(MAX_BIAS, b - centre)), 4) for token, b in zip(ids, bias)}
