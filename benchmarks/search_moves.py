@@ -10,7 +10,8 @@ Moves (a cell is task x seed x move):
   demo sets; the seed picks them);
 - ``retrieved-K``: the K train examples nearest to each input by BM25 (``retrieved_demos=True``);
 - ``<move>+cal``: the move with its label choice calibrated on content-free inputs (``calibrate=True``,
-  :mod:`autoprompt._calibration`; 3 more LM calls, not counted in the s/example).
+  :mod:`autoprompt._calibration`; 3 more LM calls, not counted in the s/example); ``+cal50``: at half
+  strength.
 
 Each cell runs with the LM cache off (no cell gets a free call), is written to
 ``benchmarks/results/search_moves/<task>/<move>[-s<seed>].json`` as it finishes, and a rerun skips it.
@@ -51,8 +52,8 @@ from _common import code_version, write_markdown  # noqa: E402
 
 CELLS = HERE / "results" / "search_moves"
 OUT = HERE / "results" / "search_moves.md"
-MOVES = ["zero-shot", "zero-shot+cal", "template-1", "template-2", "template-3", "template-4", "labeled-4",
-         "labeled-4+cal", "retrieved-4", "retrieved-4+cal", "retrieved-8"]
+MOVES = ["zero-shot", "zero-shot+cal", "zero-shot+cal50", "template-1", "template-2", "template-3", "template-4", "labeled-4",
+         "labeled-4+cal", "labeled-4+cal50", "retrieved-4", "retrieved-4+cal", "retrieved-4+cal50", "retrieved-8"]
 LIMITS = {"sentiment": 200, "iris": None, "banking77": 154}  # dev rows scored (seeded, label-stratified)
 logger = logging.getLogger("benchmarks.search_moves")
 
@@ -61,7 +62,8 @@ def program_for(task: Any, move: str, seed: int) -> dspy.Module:
     """The task's program with ``move`` applied (calibration: LM calls on DSPy's current LM)."""
     from autoprompt._calibration import label_bias
 
-    move, calibrate = (move[: -len("+cal")], True) if move.endswith("+cal") else (move, False)
+    move, _, cal = move.partition("+")
+    strength = {"": 0.0, "cal": 1.0, "cal50": 0.5}[cal]
     program = task.make_program()
     for _, predictor in program.named_predictors():
         fields = set(predictor.signature.fields)
@@ -81,10 +83,10 @@ def program_for(task: Any, move: str, seed: int) -> dspy.Module:
             attach(predictor, Retriever(pool, list(predictor.signature.input_fields), int(move.split("-")[1])))
         elif move != "zero-shot":
             raise SystemExit(f"unknown move {move!r}; moves: {', '.join(MOVES)}")
-        if calibrate:
-            bias = label_bias(predictor, field=task.label_field, choices=list(task.choices or ()))
+        if strength:
+            bias = label_bias(predictor, field=task.label_field, choices=list(task.choices or ()), strength=strength)
             if bias is None:
-                raise SystemExit(f"{move}+cal: task {task.name}'s labels cannot be calibrated on this LM")
+                raise SystemExit(f"{move}+{cal}: task {task.name}'s labels cannot be calibrated on this LM")
             predictor.config = {**predictor.config, "logit_bias": bias}
     return program
 

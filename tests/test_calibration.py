@@ -30,6 +30,9 @@ def test_label_bias_is_measured_metered_and_changes_the_choice(lm, small_task, t
     assert meter.calls == 3  # one per content-free input, counted like any call
     assert sorted(bias) == sorted(str(i) for i in ids)
     assert sum(bias.values()) == pytest.approx(0.0, abs=1e-3)  # centred: only the difference matters
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+        half = label_bias(predictor, field="label", choices=["positive", "negative"], strength=0.5)
+    assert half == {k: pytest.approx(v / 2, abs=1e-3) for k, v in bias.items()}
     # not offered where it cannot be measured: another LM, labels that share a first token
     assert label_bias(predictor, field="label", choices=["positive", "negative"], lm=dspy.LM("openai/gpt-4o-mini")) is None
     assert label_bias(predictor, field="label", choices=["card_arrival", "card_linking"], lm=lm) is None
@@ -69,14 +72,15 @@ def test_the_search_calibrates_the_trials_that_ask_and_exports_it(lm, small_task
     pool = result.study.user_attrs["pool"]["predictors"]["self"]
     assert pool["calibrate"] is True
     trials = [t for t in result.study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert {t.params["self.calibrate"] for t in trials} == {False, True}
+    strengths = {t.params["self.calibrate"] for t in trials}
+    assert strengths <= {0.0, 0.5, 1.0} and 0.0 in strengths and len(strengths) >= 2
     for trial in trials:
-        assert ("logit_bias" in trial.user_attrs) == trial.params["self.calibrate"]
+        assert ("logit_bias" in trial.user_attrs) == (trial.params["self.calibrate"] > 0)
         program, _ = program_of_trial(result.study, small_task, trial.number)
         config = program.predictors()[0].config
         assert config.get("logit_bias") == trial.user_attrs.get("logit_bias", {}).get("self")
-    calibrated = [t for t in trials if t.params["self.calibrate"]]
-    uncalibrated = [t for t in trials if not t.params["self.calibrate"]]
+    calibrated = [t for t in trials if t.params["self.calibrate"] > 0]
+    uncalibrated = [t for t in trials if t.params["self.calibrate"] == 0]
     # 3 probe calls (never cached) on top of the 4 dev examples (cached when an earlier trial sent the same prompt)
     assert all(3 <= t.user_attrs["lm_calls"] <= 7 for t in calibrated)
     assert all(t.user_attrs["lm_calls"] <= 4 for t in uncalibrated)

@@ -30,8 +30,8 @@ class OptunaSearch(BaseOptimizer):
             (up to 4: "answer with the label only", the inputs and the declared choices spelled out,
             ...) added to the candidates. Default 0 until the optimizers benchmark has measured them.
         calibrate: also search contextual calibration of the label choice (parameter
-            ``<predictor>.calibrate``): a trial that takes it measures its prompt's label bias on
-            content-free inputs (3 LM calls) and corrects it with a ``logit_bias``
+            ``<predictor>.calibrate``, its strength: 0, 0.5 or 1): a trial that takes it measures its
+            prompt's label bias on content-free inputs (3 LM calls) and corrects it with a ``logit_bias``
             (:mod:`autoprompt._calibration`; the embedded model only: the ids are its tokenizer's).
         retrieved_demos: also search per-input demos: a trial may take, instead of a fixed demo set, the
             ``n_demos`` labelled train examples nearest to each input (BM25 over the input fields,

@@ -17,6 +17,9 @@ __all__ = ["build_program", "program_of_trial", "run_trial", "suggest"]
 
 logger = logging.getLogger(__name__)
 
+#: the strengths of calibration a trial samples (0: none; see :func:`autoprompt._calibration.label_bias`)
+CALIBRATION_STRENGTHS = (0.0, 0.5, 1.0)
+
 
 def build_program(task: Any, pool: dict, params: dict[str, Any], task_params: dict | None = None,
                   logit_bias: dict[str, dict] | None = None) -> dspy.Module:
@@ -72,7 +75,7 @@ def suggest(trial: Any, task: Any, pool: dict, *, max_demos: int, temperatures: 
         )
         retrieval = bool(cands.get("retrieval"))
         if cands.get("calibrate"):
-            params[f"{name}.calibrate"] = trial.suggest_categorical(f"{name}.calibrate", [False, True])
+            params[f"{name}.calibrate"] = trial.suggest_categorical(f"{name}.calibrate", list(CALIBRATION_STRENGTHS))
         if (cands["demo_sets"] or retrieval) and max_demos > 0:
             retrieve = False
             if retrieval:  # per-input demos (conditional: a retrieving trial samples no demo set)
@@ -165,13 +168,15 @@ def run_trial(trial: Any, task: Any, pool: dict, devset: list, steps: list[int],
 
 
 def _calibrate(program: dspy.Module, params: dict[str, Any], task: Any) -> dict[str, dict]:
-    """The calibrating logit bias of each predictor whose ``calibrate`` parameter is on (LM calls, metered)."""
+    """The calibrating logit bias of each predictor whose ``calibrate`` parameter (a strength) is not 0 (LM
+    calls, metered)."""
     from autoprompt._calibration import label_bias
 
     out = {}
     for name, predictor in program.named_predictors():
         if params.get(f"{name}.calibrate"):
-            bias = label_bias(predictor, field=task.label_field, choices=list(task.choices or ()))
+            bias = label_bias(predictor, field=task.label_field, choices=list(task.choices or ()),
+                              strength=float(params[f"{name}.calibrate"]))
             if bias is None:
                 logger.warning("predictor %s: calibration found no label choice to measure; left uncalibrated", name)
             else:
