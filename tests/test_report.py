@@ -39,7 +39,9 @@ def test_report_multi_objective_run(small_task, tmp_path):
     document = json.loads((tmp_path / "front.json").read_text())
     assert document["trial"] == front
     program = autoprompt.load_prompt(tmp_path / "front.json", small_task)
-    assert len(program.predictors()[0].demos) == study.trials[front].params.get("self.n_demos", 0)
+    from autoprompt._retrieval import demos_for  # fixed demos, or as many retrieved per input
+
+    assert len(demos_for(program.predictors()[0], {"text": "a film"})) == study.trials[front].params.get("self.n_demos", 0)
 
     # the same study served by optuna-dashboard over HTTP (a real server process on loopback)
     with socket.socket() as sock:
