@@ -42,13 +42,15 @@ def local_engine(lm: Any = None) -> Any:
 def label_bias(predictor: dspy.Predict, *, field: str, choices: list[str], lm: Any = None, strength: float = 1.0
                ) -> dict[str, float] | None:
     """The calibrating ``logit_bias`` of ``predictor``'s choice of ``field`` among ``choices`` (its current
-    instruction and demos), from ``len(CONTENT_FREE)`` metered LM calls; ``None`` when it cannot be had
+    instruction and demos), from ``len(CONTENT_FREE)`` metered LM calls (answered from DSPy's cache when the
+    LM caches); ``None`` when it cannot be had
     (not the embedded engine, labels sharing a first token, the answer never reaching the field).
     ``strength`` scales it: 1.0 is Zhao et al.'s full correction, which on SST-2 zero-shot turned 98%
     "positive" answers into 80% "negative" (``benchmarks/results/search_moves.md``); 0.5 corrects half way."""
     from autoprompt._retrieval import demos_for
     from autoprompt.export._render import json_schema
 
+    lm = lm if lm is not None else dspy.settings.lm
     engine = local_engine(lm)
     if engine is None or field not in predictor.signature.output_fields or len(choices) < 2:
         return None
@@ -63,7 +65,15 @@ def label_bias(predictor: dspy.Predict, *, field: str, choices: list[str], lm: A
     for value in CONTENT_FREE:
         inputs = {name: value for name in signature.input_fields}
         messages = adapter.format(signature, demos_for(predictor, inputs), inputs)
-        dist = engine.label_distribution(messages, schema=schema, field=field, token_ids=ids)
+        # DSPy's response cache holds the probes too: a rerun of the same search costs no LM call
+        request = {"autoprompt": "label_distribution", "model": engine.model_id, "messages": messages,
+                   "schema": schema, "field": field, "token_ids": ids}
+        cached = getattr(lm, "cache", True)
+        dist = dspy.cache.get(request) if cached else None
+        if dist is None:
+            dist = engine.label_distribution(messages, schema=schema, field=field, token_ids=ids)
+            if dist is not None and cached:
+                dspy.cache.put(request, dist)
         if dist is not None:
             found.append(dist)
     if not found:

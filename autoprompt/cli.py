@@ -286,9 +286,11 @@ def _cmd_decide(args: argparse.Namespace) -> int:
     prices = Prices(input=args.price_input, output=args.price_output, train_hour=args.price_train_hour)
     task_options = _kv(args.task_option, "--task-option")
     data_options = _kv(args.data_option, "--data-option")
-    from autoprompt.bettertogether import WeightStep
+    optimizer_options = _kv(args.option, "--option")
+    from autoprompt.bettertogether import PromptStep, WeightStep
 
-    WeightStep(None, **data_options)  # checks the names before any data loads
+    PromptStep("optuna", **optimizer_options)  # checks the names before any data loads
+    WeightStep(None, **data_options)
     finetune_options = _kv(args.finetune_option, "--finetune-option")
     from autoprompt.finetune import get_finetuner
 
@@ -299,7 +301,7 @@ def _cmd_decide(args: argparse.Namespace) -> int:
     task = autoprompt.load_task(args.task, **task_options)
     decision = autoprompt.decide(
         task, lm=lm, calls=args.calls, finetune_minutes=args.finetune_minutes, max_traces=args.max_traces,
-        data_options=data_options, finetune_options=finetune_options,
+        data_options=data_options, finetune_options=finetune_options, optimizer_options=optimizer_options,
         prices=prices, samples=args.samples, wording_samples=args.wording_samples, top_k=args.top_k,
         data_sizes=args.data_sizes, reuse=args.reuse, seed=args.seed,
         run_dir=args.run_dir, runs_root=args.runs_root, resume=args.resume, train_limit=args.train_limit,
@@ -485,6 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calls", type=_positive_int, default=600, help="LM-call cap of each prompt search (default 600)")
     p.add_argument("--finetune-minutes", type=float, help="wall-time cap of each fine-tuning (default: none)")
     p.add_argument("--max-traces", type=_positive_int, default=1000, help="traces a fine-tuning step trains on")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="option of the prompt searches (optuna), e.g. n_trials=8, retrieved_demos=false")
     p.add_argument("--data-option", action="append", metavar="KEY=VALUE",
                    help="w step option, e.g. balance=false, val_fraction=0.2, max_rounds=2")
     p.add_argument("--price-input", type=float, metavar="PRICE", help="price per 1M prompt tokens")

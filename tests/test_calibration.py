@@ -73,7 +73,7 @@ def test_the_search_calibrates_the_trials_that_ask_and_exports_it(lm, small_task
     assert pool["calibrate"] is True
     trials = [t for t in result.study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     strengths = {t.params["self.calibrate"] for t in trials}
-    assert strengths <= {0.0, 0.5, 1.0} and 0.0 in strengths and len(strengths) >= 2
+    assert strengths <= {0.0, 0.5, 1.0} and strengths - {0.0}
     for trial in trials:
         assert ("logit_bias" in trial.user_attrs) == (trial.params["self.calibrate"] > 0)
         program, _ = program_of_trial(result.study, small_task, trial.number)
@@ -81,8 +81,9 @@ def test_the_search_calibrates_the_trials_that_ask_and_exports_it(lm, small_task
         assert config.get("logit_bias") == trial.user_attrs.get("logit_bias", {}).get("self")
     calibrated = [t for t in trials if t.params["self.calibrate"] > 0]
     uncalibrated = [t for t in trials if t.params["self.calibrate"] == 0]
-    # 3 probe calls (never cached) on top of the 4 dev examples (cached when an earlier trial sent the same prompt)
-    assert all(3 <= t.user_attrs["lm_calls"] <= 7 for t in calibrated)
+    # 3 probe calls on top of the 4 dev examples (either cached when an earlier trial sent the same request)
+    assert all(t.user_attrs["lm_calls"] <= 7 for t in calibrated)
+    assert calibrated[0].user_attrs["lm_calls"] >= 3  # the first calibration of the run cannot be cached
     assert all(t.user_attrs["lm_calls"] <= 4 for t in uncalibrated)
     document = json.loads((result.run_dir / "prompt.json").read_text())
     best = result.study.best_trial

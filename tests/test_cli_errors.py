@@ -141,6 +141,9 @@ CATALOGUE = [
     ("decide data size", ["decide", str(SENTIMENT), "--data-sizes", "0"], ["--data-sizes", "positive integer"]),
     ("decide reuse no run", ["decide", str(SENTIMENT), "--reuse", "{d}/plain_folder"], ["no config.json"]),
     ("decide bad finetune option", ["decide", str(SENTIMENT), "--finetune-option", "epochz=2"], ["epochz", "epochs"]),
+    ("decide bad search option", ["decide", str(SENTIMENT), "--option", "retrieved_demoz=false"],
+     ["retrieved_demoz", "retrieved_demos"]),
+    ("decide search option type", ["decide", str(SENTIMENT), "--option", "calibrate=3"], ["calibrate", "bool"]),
     ("w on a remote LM", ["better-together", str(SENTIMENT), "--lm", "openai/gpt-4o-mini", "--strategy", "w",
                           "--finetuner", "lora"], ["finetuner"]),
 ]

@@ -166,6 +166,7 @@ def decide(
     max_traces: int | None = 1000,
     data_options: Mapping[str, Any] | None = None,
     finetune_options: Mapping[str, Any] | None = None,
+    optimizer_options: Mapping[str, Any] | None = None,
     prices: Prices | Mapping[str, float] | None = None,
     samples: int = 20,
     wording_samples: int = 50,
@@ -194,6 +195,8 @@ def decide(
             e.g. ``{"balance": False}``).
         finetune_options: options of the LoRA finetuner (:class:`autoprompt.finetune.LoRAFinetuner`, e.g.
             ``{"epochs": 2, "rank": 16}``); ``finetune_minutes`` sets its ``max_minutes``.
+        optimizer_options: options of the prompt searches (:class:`autoprompt.optimizers.OptunaSearch`, e.g.
+            ``{"n_trials": 8, "retrieved_demos": False}``).
         prices: :class:`Prices` or a dict (``input``/``output`` per 1M tokens, ``train_hour``).
         samples: test examples (a seeded, label-stratified sample) for the cost and consistency
             measurements; ``wording_samples`` for the paraphrases and the search's ``top_k`` trials.
@@ -239,7 +242,9 @@ def decide(
         "seed": seed,
         "limits": limits,
         "budget": {"calls": calls, "finetune_minutes": finetune_minutes, "max_traces": max_traces,
-                   "data_options": dict(data_options or {}), "finetune_options": dict(finetune_options or {})},
+                   "data_options": dict(data_options or {}), "finetune_options": dict(finetune_options or {}),
+                   # recorded only when given: a run started before the option existed still resumes
+                   **({"optimizer_options": dict(optimizer_options)} if optimizer_options else {})},
         "measure": {"samples": samples, "wording_samples": wording_samples, "top_k": top_k},
         "data_sizes": list(data_sizes),  # a resumed run may add points to the curve
         "reuse": str(reused.path.resolve()) if reused else None,
@@ -250,6 +255,7 @@ def decide(
     store.write_json("config.json", config)
     common = _common(base, calls, finetune_minutes, max_traces, dict(data_options or {}), dict(finetune_options or {}),
                      seed, limits, progress)
+    common["optimizer_options"] = dict(optimizer_options or {})
 
     with store.log():
         if reused is not None:

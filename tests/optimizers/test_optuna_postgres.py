@@ -70,12 +70,16 @@ def test_workers_on_postgresql_lose_and_duplicate_nothing(postgres_url, tmp_path
     for w in workers:
         _, err = w.communicate(timeout=900)
         assert w.returncode == 0, err[-3000:]
-    trials = optuna.load_study(study_name="autoprompt", storage=postgres_url).trials
+    study = optuna.load_study(study_name="autoprompt", storage=postgres_url)
+    trials = study.trials
     assert [t.number for t in trials] == list(range(len(trials)))
     assert len({t._trial_id for t in trials}) == len(trials)
     assert 8 <= len([t for t in trials if t.state in FINISHED]) <= 9
-    pool_sizes = {len(t.params) for t in trials}
-    assert pool_sizes == {3}  # every worker sampled from the one shared pool
+    pool = study.user_attrs["pool"]["predictors"]["self"]  # every worker sampled from the one shared pool
+    for t in trials:
+        assert t.params["self.instruction"] < len(pool["instructions"])
+        assert ("self.demo_set" in t.params) != bool(t.params.get("self.retrieve"))  # fixed or per-input demos
+        assert t.params.get("self.demo_set", 0) < len(pool["demo_sets"])
 
 
 def test_storage_password_is_never_written(tmp_path):
