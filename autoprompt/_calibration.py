@@ -30,13 +30,10 @@ MAX_BIAS = 100.0  # OpenAI's range for logit_bias values
 
 def local_engine(lm: Any = None) -> Any:
     """The embedded llama.cpp engine that answers ``lm`` (default: DSPy's current LM), or ``None``."""
-    from autoprompt.lms._local import _BY_MODEL_ID
+    from autoprompt.lms._local import engine_for
 
     lm = lm if lm is not None else dspy.settings.lm
-    model = getattr(lm, "model", None)
-    if not isinstance(model, str):
-        return None
-    return _BY_MODEL_ID.get(model) or _BY_MODEL_ID.get(f"local/{model}")
+    return engine_for(getattr(lm, "model", None))
 
 
 def label_bias(predictor: dspy.Predict, *, field: str, choices: list[str], lm: Any = None, strength: float = 1.0

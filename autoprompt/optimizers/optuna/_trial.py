@@ -44,6 +44,12 @@ def build_program(task: Any, pool: dict, params: dict[str, Any], task_params: di
         temperature = params.get("temperature")
         if temperature:
             predictor.config = {**predictor.config, "temperature": temperature}
+    return _with_bias(program, params, logit_bias)
+
+
+def _with_bias(program: dspy.Module, params: dict[str, Any], logit_bias: dict[str, dict] | None) -> dspy.Module:
+    """``program`` with each calibrated predictor's measured ``logit_bias`` in its LM config (in place)."""
+    for name, predictor in program.named_predictors():
         if params.get(f"{name}.calibrate") and (logit_bias or {}).get(name):
             predictor.config = {**predictor.config, "logit_bias": dict(logit_bias[name])}
     return program
@@ -113,7 +119,7 @@ def run_trial(trial: Any, task: Any, pool: dict, devset: list, steps: list[int],
         raise optuna.TrialPruned() from exc
     if logit_bias:
         trial.set_user_attr("logit_bias", logit_bias)
-        program = build_program(task, pool, params, task_params, logit_bias)
+        program = _with_bias(program, params, logit_bias)
     total = 0.0
     done = 0
     failures = errors = 0
