@@ -195,10 +195,67 @@ def report() -> str:
                              f"{statistics.mean(c['lm_calls'] for c in group):.0f} | "
                              f"{statistics.mean(c['optimize_seconds'] for c in group) / 60:.1f} |")
             lines += ["", "Commands: " + "; ".join(sorted({f"`{c['command']}`" for c in mine})), ""]
+        lines += _targets(task, [c for c in cells if c["task"] == task])
     text = "\n".join(lines) + "\n"
     (CELLS.parent / "optimizers.md").write_text(text)
     _plot(cells)
     return text
+
+
+#: DSPy's optimizers among the sides (the issue's targets compare the search with the best of them)
+DSPY_SIDES = ("mipro", "gepa", "simba", "bfrs", "bootstrap")
+
+
+def _targets(task: str, cells: list[dict[str, Any]]) -> list[str]:
+    """The issue's targets, measured: at each budget, the best DSPy optimizer (mean test over its seeds)
+    against autoprompt's search at <= half of the LM calls that optimizer spent (the largest such budget
+    run), on the seeds both have; and the search's absolute test score (SST-2: >= 78%)."""
+    def mean(group: list[dict[str, Any]], key: str) -> float:
+        return statistics.mean(c[key] for c in group)
+
+    out = [f"### {task}: the targets", ""]
+    for calls in sorted({c["calls"] for c in cells}):
+        by_side: dict[str, list[dict[str, Any]]] = {}
+        for c in cells:
+            if c["calls"] == calls and c["optimizer"] in DSPY_SIDES:
+                by_side.setdefault(c["optimizer"], []).append(c)
+        if not by_side:
+            continue
+        best = max(by_side, key=lambda o: mean(by_side[o], "test"))
+        ref = by_side[best]
+        half = mean(ref, "lm_calls") / 2
+        ours_budgets = sorted({c["calls"] for c in cells if c["optimizer"] == "optuna"
+                               and c["calls"] <= calls}, reverse=True)
+        chosen = None
+        for budget in ours_budgets:
+            group = [c for c in cells if c["optimizer"] == "optuna" and c["calls"] == budget]
+            if mean(group, "lm_calls") <= half:
+                chosen = group
+                break
+        line = (f"- budget {calls}: best DSPy optimizer {LABELS[best]}, test {100 * mean(ref, 'test'):.1f}% "
+                f"(seeds {sorted(c['seed'] for c in ref)}, {mean(ref, 'lm_calls'):.0f} calls); ")
+        if chosen is None:
+            line += f"no autoprompt run within half its calls ({half:.0f}) yet (run `--calls {int(half)} --optimizers optuna`)"
+        else:
+            seeds = sorted({c["seed"] for c in chosen} & {c["seed"] for c in ref})
+            ours = [c for c in chosen if c["seed"] in seeds]
+            theirs = [c for c in ref if c["seed"] in seeds]
+            if not seeds:
+                line += "no seed in common with autoprompt's run yet"
+            else:
+                delta = 100 * (mean(ours, "test") - mean(theirs, "test"))
+                line += (f"autoprompt at budget {chosen[0]['calls']} ({mean(ours, 'lm_calls'):.0f} calls) on seeds "
+                         f"{seeds}: {100 * mean(ours, 'test'):.1f}% against {100 * mean(theirs, 'test'):.1f}%, "
+                         f"{delta:+.1f} points (target >= +5: {'met' if delta >= 5 else 'NOT met'})")
+        out.append(line)
+    ours_all = [c for c in cells if c["optimizer"] == "optuna"]
+    if task == "sentiment" and ours_all:
+        top = max({c["calls"] for c in ours_all})
+        group = [c for c in ours_all if c["calls"] == top]
+        score = 100 * mean(group, "test")
+        out.append(f"- autoprompt's search at budget {top}: {score:.1f}% test (target >= 78%: "
+                   f"{'met' if score >= 78 else 'NOT met'}; seeds {sorted(c['seed'] for c in group)})")
+    return [*out, ""] if len(out) > 2 else []
 
 
 def _plot(cells: list[dict[str, Any]]) -> None:
