@@ -56,13 +56,16 @@ RUNS = HERE / "runs" / "optimizers"
 logger = logging.getLogger("benchmarks.optimizers")
 
 #: optimizer names of the benchmark -> autoprompt optimizer names (None: the zero-shot program, no search)
-OPTIMIZERS: dict[str, str | None] = {"optuna": "optuna", "optuna-fixed-demos": "optuna", "optuna-bare": "optuna",
+OPTIMIZERS: dict[str, str | None] = {"optuna": "optuna", "optuna-no-warm-start": "optuna",
+                                     "optuna-fixed-demos": "optuna", "optuna-bare": "optuna",
                                      "mipro": "mipro", "gepa": "gepa", "simba": "simba", "bfrs": "random-search",
                                      "bootstrap": "bootstrap", "zero-shot": None}
 #: options of a side beyond the optimizer's defaults (the ablations of the search's moves)
-OPTIONS: dict[str, dict[str, Any]] = {"optuna-fixed-demos": {"retrieved_demos": False},
+OPTIONS: dict[str, dict[str, Any]] = {"optuna-no-warm-start": {"warm_start": False},
+                                      "optuna-fixed-demos": {"retrieved_demos": False},
                                       "optuna-bare": {"retrieved_demos": False, "calibrate": False}}
-LABELS = {"optuna": "autoprompt (Optuna search)", "optuna-fixed-demos": "autoprompt without per-input demos",
+LABELS = {"optuna": "autoprompt (Optuna search)", "optuna-no-warm-start": "autoprompt without the warm start",
+          "optuna-fixed-demos": "autoprompt without per-input demos",
           "optuna-bare": "autoprompt without per-input demos and calibration",
           "mipro": "MIPROv2", "gepa": "GEPA", "simba": "SIMBA",
           "bfrs": "BootstrapFewShotWithRandomSearch", "bootstrap": "BootstrapFewShot", "zero-shot": "zero-shot"}

@@ -125,14 +125,19 @@ def test_the_search_offers_retrieved_demos_and_exports_the_winner(small_task, tm
     pool = result.study.user_attrs["pool"]["predictors"]["self"]
     assert len(pool["retrieval"]) == len(small_task.examples("train"))
     trials = result.study.trials
-    assert {t.params["self.retrieve"] for t in trials} == {False, True}  # 8 seeded TPE startup trials
+    # the warm start: the first trial is the task's own instruction with per-input demos (max_demos=2 of 4)
+    assert trials[0].params == {"self.instruction": 0, "self.n_demos": 2, "self.retrieve": True}
+    assert {t.params.get("self.retrieve") for t in trials[1:]} >= {False, True}  # then seeded TPE startup trials
     for trial in trials:
-        assert ("self.demo_set" in trial.params) == (not trial.params["self.retrieve"])
+        n_demos = trial.params["self.n_demos"]
+        # where demos come from is sampled only for a trial that takes some: retrieved or a fixed set
+        assert ("self.retrieve" in trial.params) == (n_demos > 0)
+        assert ("self.demo_set" in trial.params) == (n_demos > 0 and not trial.params["self.retrieve"])
         program = build_program(small_task, result.study.user_attrs["pool"], trial.params)
         retriever = retriever_of(program.predictors()[0])
-        assert (retriever is not None) == (trial.params["self.retrieve"] and trial.params["self.n_demos"] > 0)
+        assert (retriever is not None) == bool(trial.params.get("self.retrieve"))
         if retriever is not None:
-            assert retriever.k == trial.params["self.n_demos"]
+            assert retriever.k == n_demos
     document = json.loads((result.run_dir / "prompt.json").read_text())
     best = result.study.best_trial.params
-    assert ("retrieval" in document["predictors"][0]) == (best["self.retrieve"] and best["self.n_demos"] > 0)
+    assert ("retrieval" in document["predictors"][0]) == bool(best.get("self.retrieve"))

@@ -78,7 +78,8 @@ def test_workers_on_postgresql_lose_and_duplicate_nothing(postgres_url, tmp_path
     pool = study.user_attrs["pool"]["predictors"]["self"]  # every worker sampled from the one shared pool
     for t in trials:
         assert t.params["self.instruction"] < len(pool["instructions"])
-        assert ("self.demo_set" in t.params) != bool(t.params.get("self.retrieve"))  # fixed or per-input demos
+        if t.params["self.n_demos"]:  # fixed or per-input demos
+            assert ("self.demo_set" in t.params) != bool(t.params.get("self.retrieve"))
         assert t.params.get("self.demo_set", 0) < len(pool["demo_sets"])
 
 

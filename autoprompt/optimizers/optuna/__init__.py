@@ -4,9 +4,11 @@
    predictor, the original instruction plus instructions the proposer LM writes (a candidate it
    cannot produce is skipped and counted), and demo sets: labelled samples of the train split and
    demos bootstrapped from the program's own passing traces.
-2. Each trial samples ``<predictor>.instruction``, ``<predictor>.demo_set``, ``<predictor>.n_demos``
+2. Each trial samples ``<predictor>.instruction``, ``<predictor>.n_demos``, where its demos come from
+   (``<predictor>.retrieve``: per-input demos, or ``<predictor>.demo_set``), ``<predictor>.calibrate``
    (and ``temperature``, and the task's own ``search_space``) and is scored on growing minibatches of
    the dev split, reporting each as an intermediate value so that the pruner stops weak candidates.
+   A new study's first trial is enqueued: 4 per-input demos under the task's own instruction.
 3. The study lives in a storage URL (SQLite in the run directory by default), so a killed run
    resumes with every finished trial, and several workers can share it.
 
