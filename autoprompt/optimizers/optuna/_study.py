@@ -31,7 +31,7 @@ class OptunaSearch(BaseOptimizer):
             ...) added to the candidates. Default 0: alone, none beat the original instruction on SST-2
             dev (-2.0 to 0.0 points, ``benchmarks/results/search_moves.md``).
         calibrate: also search contextual calibration of the label choice (parameter
-            ``<predictor>.calibrate``, its strength: 0, 0.5 or 1): a trial that takes it measures its
+            ``<predictor>.calibrate``, its strength: 0 or 0.5): a trial that takes it measures its
             prompt's label bias on content-free inputs (3 LM calls) and corrects it with a ``logit_bias``
             (:mod:`autoprompt._calibration`; the embedded model only: the ids are its tokenizer's; other LMs
             are not offered it). Alone it helps some programs and hurts others, hence searched rather than
