@@ -11,6 +11,7 @@ answering ends the run instead of scoring every candidate 0.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 from typing import Any
 
@@ -87,6 +88,17 @@ def _is_lm_failure(exc: BaseException) -> bool:
     return False
 
 
+def seeded_trainset(context: Context) -> list:
+    """The train split in the order ``context.seed`` gives it, for DSPy optimizers that take no seed
+    (``BootstrapFewShot``, ``BootstrapFewShotWithRandomSearch``: their draws use fixed ``random.Random(0)``
+    and candidate seeds, so the order of the trainset is their only source of variation). Seed 0 keeps the
+    split's own order: the same run as DSPy's optimizer called directly."""
+    trainset = list(context.trainset)
+    if context.seed:
+        random.Random(context.seed).shuffle(trainset)
+    return trainset
+
+
 class _DSPyOptimizer(BaseOptimizer):
     """A DSPy optimizer run by name: its LM errors counted and bounded by ``max_errors``
     (:func:`error_budget`), its program compiled from a copy. Subclasses give ``dspy_name`` and
@@ -104,7 +116,8 @@ class _DSPyOptimizer(BaseOptimizer):
 
 
 class BootstrapFewShot(_DSPyOptimizer):
-    """DSPy's BootstrapFewShot: demos are the program's own traces that pass the metric."""
+    """DSPy's BootstrapFewShot: demos are the program's own traces that pass the metric (the run's seed
+    orders the trainset: :func:`seeded_trainset`)."""
 
     name = "bootstrap"
     dspy_name = "BootstrapFewShot"
@@ -124,11 +137,12 @@ class BootstrapFewShot(_DSPyOptimizer):
             max_rounds=self.max_rounds,
             max_errors=_NO_ERROR_CAP,
         )
-        return optimizer.compile(program, trainset=context.trainset)
+        return optimizer.compile(program, trainset=seeded_trainset(context))
 
 
 class RandomSearch(_DSPyOptimizer):
-    """DSPy's BootstrapFewShotWithRandomSearch: several bootstrapped demo sets, the best on dev wins."""
+    """DSPy's BootstrapFewShotWithRandomSearch: several bootstrapped demo sets, the best on dev wins (the
+    run's seed orders the trainset: :func:`seeded_trainset`)."""
 
     name = "random-search"
     dspy_name = "BootstrapFewShotWithRandomSearch"
@@ -151,7 +165,7 @@ class RandomSearch(_DSPyOptimizer):
             num_threads=1,
             max_errors=_NO_ERROR_CAP,
         )
-        return optimizer.compile(program, trainset=context.trainset, valset=context.devset)
+        return optimizer.compile(program, trainset=seeded_trainset(context), valset=context.devset)
 
 
 class MIPROv2(_DSPyOptimizer):

@@ -111,3 +111,22 @@ def test_gepa_reflects_with_the_tasks_feedback_and_keeps_its_state_in_the_run(lm
     assert isinstance(compiled, dspy.Module) and seen, "GEPA never asked for the task's feedback"
     assert any((tmp_path / "gepa").iterdir()), "GEPA wrote no state into the run directory"
     assert 0 < context.meter.calls <= 35
+
+
+def test_seedless_dspy_optimizers_take_the_seed_as_the_order_of_their_trainset(small_task, tmp_path):
+    """DSPy's BootstrapFewShot and BootstrapFewShotWithRandomSearch draw with a fixed Random(0): the run's seed
+    orders their trainset, so seeds differ; seed 0 is DSPy's optimizer called directly (pure logic: DummyLM)."""
+    from dspy.utils.dummies import DummyLM
+
+    lm = DummyLM([{"label": "positive"}] * 200, adapter=dspy.JSONAdapter())
+    demos: dict[int, list[list[str]]] = {}
+    for seed in (0, 0, 1):
+        optimizer = get_optimizer("bootstrap", max_bootstrapped_demos=0, max_labeled_demos=3)
+        _, compiled = run(optimizer, small_task, make_context(small_task, tmp_path, seed=seed), lm)
+        demos.setdefault(seed, []).append([d.text for d in compiled.predictors()[0].demos])
+    assert len(demos[0][0]) == 3
+    assert demos[0][0] == demos[0][1] != demos[1][0]
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+        direct = dspy.BootstrapFewShot(metric=small_task.dspy_metric, max_bootstrapped_demos=0, max_labeled_demos=3
+                                       ).compile(small_task.make_program(), trainset=small_task.examples("train")[:12])
+    assert [d.text for d in direct.predictors()[0].demos] == demos[0][0]
