@@ -212,14 +212,16 @@ class OptunaSearch(BaseOptimizer):
         done = len(study.get_trials(deepcopy=False, states=finished))
         remaining = max(0, self.n_trials - done)
         logger.info("study %r: %d trials done, %d to run", self.study_name, done, remaining)
-        if remaining:
-            study.optimize(
-                objective,
-                n_trials=remaining,
-                n_jobs=self.jobs,
-                callbacks=[_stop_on_budget(context), optuna.study.MaxTrialsCallback(self.n_trials, states=finished)],
-                show_progress_bar=context.progress,
-            )
+        callbacks = [_stop_on_budget(context), optuna.study.MaxTrialsCallback(self.n_trials, states=finished)]
+        waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+        if remaining and waiting and self.jobs > 1:
+            # the enqueued trial alone first: two of Optuna's threads can pop the same waiting trial from
+            # SQLite, and the second then fails with "Cannot tell a COMPLETE trial"
+            study.optimize(objective, n_trials=1, n_jobs=1, callbacks=callbacks, show_progress_bar=False)
+            remaining -= 1
+        if remaining and context.meter.exhausted() is None:
+            study.optimize(objective, n_trials=remaining, n_jobs=self.jobs, callbacks=callbacks,
+                           show_progress_bar=context.progress)
         return study
 
     def best_program(self, task: Any, trial_number: int | None = None) -> dspy.Module:
