@@ -14,6 +14,7 @@ import os as _os
 # call unless told to use its bundled copy; a user who wants the live map sets the variable to "false".
 _os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+from autoprompt._adapter import CompactJSONAdapter
 from autoprompt._exceptions import (
     AutopromptError,
     BudgetExhausted,
@@ -41,6 +42,7 @@ __all__ = [
     "BetterTogetherResult",
     "Budget",
     "BudgetExhausted",
+    "CompactJSONAdapter",
     "DataError",
     "Decision",
     "ExportError",

@@ -20,6 +20,8 @@ from typing import Any
 
 import dspy
 
+from autoprompt._adapter import CompactJSONAdapter
+
 __all__ = ["CONTENT_FREE", "label_bias", "local_engine"]
 
 logger = logging.getLogger(__name__)
@@ -57,7 +59,7 @@ def label_bias(predictor: dspy.Predict, *, field: str, choices: list[str], lm: A
         return None
     signature = predictor.signature
     schema = json_schema(signature)
-    adapter = dspy.JSONAdapter()
+    adapter = CompactJSONAdapter()
     found = []
     for value in CONTENT_FREE:
         inputs = {name: value for name in signature.input_fields}

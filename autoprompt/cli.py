@@ -368,6 +368,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
 def _cmd_worker(args: argparse.Namespace) -> int:
     import dspy
 
+    from autoprompt._adapter import CompactJSONAdapter
     from autoprompt.optimizers import optimizer_from_config
     from autoprompt.report import load_run, study_storage
     from autoprompt.run import run_context
@@ -380,7 +381,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     context = run_context(task, RunStore.open(args.run, "optimize"), config, meter, progress=not args.no_progress,
                           worker=args.worker)
     meter.enforcing = True
-    with dspy.context(lm=lm, adapter=dspy.JSONAdapter(), usage_tracker=meter):
+    with dspy.context(lm=lm, adapter=CompactJSONAdapter(), usage_tracker=meter):
         study = optimizer.run_trials(task.make_program(), task, context)
     print(f"worker {args.worker}: {meter.calls} LM calls; the study now has {len(study.trials)} trials")
     return 0
@@ -390,13 +391,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     import dspy
 
     import autoprompt
+    from autoprompt._adapter import CompactJSONAdapter
     from autoprompt.evaluate import evaluate_program
 
     task = autoprompt.load_task(args.task, **_kv(args.task_option, "--task-option"))
     program = autoprompt.load_prompt(args.prompt, task) if args.prompt else task.make_program()
     if args.cache_dir:
         autoprompt.configure_cache(args.cache_dir)
-    with dspy.context(lm=_lm(args).build(), adapter=dspy.JSONAdapter()):
+    with dspy.context(lm=_lm(args).build(), adapter=CompactJSONAdapter()):
         ev = evaluate_program(program, task, args.split, limit=args.limit, progress=not args.no_progress)
     print(json.dumps(ev.to_dict(), indent=2))
     return 0

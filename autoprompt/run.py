@@ -21,6 +21,7 @@ from typing import Any
 
 import dspy
 
+from autoprompt._adapter import CompactJSONAdapter
 from autoprompt._version import __version__
 from autoprompt.evaluate import Evaluation, evaluate_program
 from autoprompt.export import prompt_document
@@ -238,7 +239,7 @@ def optimize(
     }
     if not resume:
         store.write_json("config.json", config)
-    adapter = dspy.JSONAdapter()
+    adapter = CompactJSONAdapter()
     baseline = task.make_program()
     result = Result(task=task, program=baseline, baseline_program=baseline, lm=dspy_lm, adapter=adapter,
                     store=store, optimizer=opt, config=config, started=started)

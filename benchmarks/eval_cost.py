@@ -128,7 +128,7 @@ def main() -> None:
     demos.predictors()[0].demos = [dspy.Example({k: v for k, v in ex.items() if k in fields}) for ex in sample]
     rows = []
     profiles = {}
-    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+    with dspy.context(lm=lm, adapter=autoprompt.CompactJSONAdapter()):
         for name, program in (("zero-shot", zero), ("4 demos", demos)):
             _lazy(engine, False)  # like for like with raw llama-cpp-python first
             masked, calls = timed_eval(program, task, engine, args.n)

@@ -42,7 +42,7 @@ def main() -> None:
 
     task = autoprompt.load_task(args.task)
     program = task.make_program()
-    adapter = dspy.JSONAdapter()
+    adapter = autoprompt.CompactJSONAdapter()
     prompts = []
     for example in task.examples("dev", limit=args.n):
         (_, predictor), = program.named_predictors()

@@ -82,7 +82,7 @@ def run_cell(task_name: str, rank: int, lr: float, epochs: int, seed: int) -> No
                           progress=False).finetune(data, folder / "model")
     train_seconds = time.monotonic() - started
     scores = {}
-    with dspy.context(lm=tuned.lm(), adapter=dspy.JSONAdapter()):
+    with dspy.context(lm=tuned.lm(), adapter=autoprompt.CompactJSONAdapter()):
         for split in ("dev", "test"):
             e = evaluate_program(program, task, split, limit=settings[f"{split}_limit"], progress=False)
             scores[split] = {"score": e.score, "n": e.n, "parse_failures": e.parse_failures, "errors": e.errors}

@@ -133,7 +133,7 @@ def run_cell(task_name: str, calls: int, optimizer: str, seed: int, command: str
     if OPTIMIZERS[optimizer] is None:
         lm = build_lm("local")
         program = task.make_program()
-        with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+        with dspy.context(lm=lm, adapter=autoprompt.CompactJSONAdapter()):
             dev = evaluate_program(program, task, "dev", limit=settings["dev_limit"], progress=False)
             test = evaluate_program(program, task, "test", limit=settings["test_limit"], progress=False)
         usage, points, dev_baseline = {"lm_calls": 0, "tokens": 0, "optimize_seconds": 0.0}, [(0, dev.score)], dev.score

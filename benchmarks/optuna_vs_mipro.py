@@ -40,7 +40,7 @@ def run_side(side, task, lm, seed, args, run_dir):
     error = None
     started = time.monotonic()
     meter.enforcing = True
-    with dspy.context(lm=lm, adapter=dspy.JSONAdapter(), usage_tracker=meter, max_errors=10**9):
+    with dspy.context(lm=lm, adapter=autoprompt.CompactJSONAdapter(), usage_tracker=meter, max_errors=10**9):
         try:
             if side == "autoprompt optuna":
                 context = Context(trainset=trainset, devset=devset, seed=seed, run_dir=run_dir, meter=meter,
@@ -55,7 +55,7 @@ def run_side(side, task, lm, seed, args, run_dir):
             program = task.make_program()
     meter.enforcing = False
     seconds = time.monotonic() - started
-    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+    with dspy.context(lm=lm, adapter=autoprompt.CompactJSONAdapter()):
         test = evaluate_program(program, task, "test", limit=args.test_limit, progress=False)
     return [side, str(seed), f"{100 * test.score:.1f}", str(meter.calls), str(meter.tokens), f"{seconds:.0f}",
             error or "ok"]

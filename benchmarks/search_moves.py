@@ -109,10 +109,10 @@ def run(task_name: str, seeds: list[int], moves: list[str], limit: int | None) -
             if path.exists():
                 logger.info("%s: done, skipped", path.relative_to(HERE))
                 continue
-            with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+            with dspy.context(lm=lm, adapter=autoprompt.CompactJSONAdapter()):
                 program = program_for(task, move, seed)
             started = time.monotonic()
-            with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+            with dspy.context(lm=lm, adapter=autoprompt.CompactJSONAdapter()):
                 evaluation = evaluate_program(program, task, "dev", limit=limit, progress=False)
             seconds = time.monotonic() - started
             scores = [r["score"] for r in evaluation.records]

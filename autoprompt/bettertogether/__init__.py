@@ -29,6 +29,7 @@ from typing import Any, Mapping, Sequence
 
 import dspy
 
+from autoprompt._adapter import CompactJSONAdapter
 from autoprompt._version import __version__
 from autoprompt.bettertogether._steps import BaseStep, PromptStep, State, StepContext, WeightStep
 from autoprompt.evaluate import Evaluation, evaluate_program
@@ -351,7 +352,7 @@ def _score(step: Step, store: RunStore, task: Any, splits: Sequence[str], limits
            progress: bool) -> None:
     """Score the step on every split it lacks, and write its program, prompt and answers."""
     assert step.path is not None
-    with dspy.context(lm=step.lm.build(), adapter=dspy.JSONAdapter()):
+    with dspy.context(lm=step.lm.build(), adapter=CompactJSONAdapter()):
         for split in splits:
             if split not in step.evaluations:
                 step.evaluations[split] = evaluate_program(step.program, task, split, limit=limits[split],

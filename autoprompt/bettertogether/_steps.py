@@ -28,6 +28,7 @@ from typing import Any
 
 import dspy
 
+from autoprompt._adapter import CompactJSONAdapter
 from autoprompt._exceptions import ExportError, FinetuneError
 from autoprompt.lms import LMSpec
 
@@ -221,7 +222,7 @@ class WeightStep(BaseStep):
         finetuner = self.finetuner_for(state.lm, context)
         options = {"limit": context.limits.get("train"), "seed": context.seed, **self.data_options,
                    **self._named()}
-        with dspy.context(lm=state.lm.build(), adapter=dspy.JSONAdapter()):
+        with dspy.context(lm=state.lm.build(), adapter=CompactJSONAdapter()):
             data = compile_training_data(state.program, context.task, split="train", progress=context.progress,
                                          source=f"better_together step {context.name!r}: traces of the program of "
                                                 f"step {context.parent!r}", **options)

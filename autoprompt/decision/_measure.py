@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import dspy
 
+from autoprompt._adapter import CompactJSONAdapter
 from autoprompt._instructions import paraphrases
 from autoprompt.evaluate import run_one
 from autoprompt.usage import Meter
@@ -48,7 +49,7 @@ def task_paraphrases(task: Any) -> list[dict[str, str]]:
 def score_program(program: dspy.Module, task: Any, examples: Sequence[Any], lm: Any) -> tuple[float, list[str | None]]:
     """Mean score of ``program`` on ``examples`` and its answers (the label field; ``None`` where it failed)."""
     scores, answers = [], []
-    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+    with dspy.context(lm=lm, adapter=CompactJSONAdapter()):
         for example in examples:
             prediction, failure = run_one(program, example)
             scores.append(0.0 if failure else task.score(example, prediction))
@@ -68,7 +69,7 @@ def inference_cost(program: dspy.Module, lm_spec: Any, examples: Sequence[Any]) 
     lm = lm_spec.build(cache=False)
     meter = Meter()
     latencies: list[float] = []
-    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+    with dspy.context(lm=lm, adapter=CompactJSONAdapter()):
         run_one(program, examples[0])  # warm-up: model load, prompt cache of the shared system message
         with dspy.context(usage_tracker=meter):
             for example in examples:
@@ -95,7 +96,7 @@ def consistency(program: dspy.Module, task: Any, lm_spec: Any, examples: Sequenc
     field = task.label_field
     agree, unanimous = 0, 0
     samplers = [_sampling(program, temperature, r + 1) for r in range(repeats)]
-    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+    with dspy.context(lm=lm, adapter=CompactJSONAdapter()):
         for example in examples:
             greedy, _ = run_one(program, example)
             first = None if greedy is None else str(getattr(greedy, field, None))

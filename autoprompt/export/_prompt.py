@@ -6,7 +6,7 @@ Shape (``format_version`` 1; keys sorted, 2-space indent, so the same program gi
 
     {"format": "autoprompt.prompt", "format_version": 1, "autoprompt_version": "0.1.0",
      "task": "sentiment", "lm": {...}, "seed": 0, "optimizer": "optuna", "scores": {...},
-     "adapter": "JSONAdapter",
+     "adapter": "CompactJSONAdapter",  (documents before it: "JSONAdapter"; see autoprompt._adapter)
      "predictors": [{"name": "self", "instruction": "...",
                      "fields": {"inputs": [{"name", "type", "description"}],
                                 "outputs": [{"name", "type", "description", "choices"}]},
@@ -22,6 +22,7 @@ from typing import Any
 
 import dspy
 
+from autoprompt._adapter import ADAPTER_NAME
 from autoprompt._exceptions import ExportError
 from autoprompt._retrieval import Retriever, attach, retriever_of
 from autoprompt._version import __version__
@@ -77,7 +78,7 @@ def prompt_document(program: dspy.Module, *, task: Any, meta: dict[str, Any] | N
         "format_version": RETRIEVAL_FORMAT_VERSION if retrieves else FORMAT_VERSION,
         "autoprompt_version": __version__,
         "task": task.name,
-        "adapter": "JSONAdapter",
+        "adapter": ADAPTER_NAME,
         "predictors": predictors,
     }
     document.update(meta or {})

@@ -1,7 +1,8 @@
 """Rebuild a DSPy signature from a prompt document and render the exact chat messages DSPy sends.
 
-The messages come from DSPy's own JSONAdapter (the adapter autoprompt optimizes with), so a
-prompt rendered here and sent by any client is the prompt that was scored.
+The messages come from the adapter the document names (autoprompt's :class:`CompactJSONAdapter`, DSPy's
+JSONAdapter for documents written before it), the one the program was optimized and scored with, so
+a prompt rendered here and sent by any client is the prompt that was scored.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 import dspy
 
+from autoprompt._adapter import adapter_named
 from autoprompt._exceptions import ExportError
 
 __all__ = ["PLACEHOLDER", "json_schema", "render_messages", "signature_from_spec"]
@@ -37,7 +39,7 @@ def signature_from_spec(spec: dict[str, Any]) -> type[dspy.Signature]:
 
 
 def json_schema(signature: type[dspy.Signature]) -> dict[str, Any]:
-    """The JSON schema DSPy's JSONAdapter asks the LM to follow for ``signature``'s outputs."""
+    """The JSON schema DSPy's JSONAdapter (and CompactJSONAdapter, its subclass) asks the LM to follow."""
     # DSPy builds this schema in private helpers; we call the same ones (dspy is pinned <3.5) so
     # that the exported schema is byte-for-byte the one the optimized program was scored with.
     from dspy.adapters.json_adapter import _get_structured_outputs_response_format
@@ -93,4 +95,8 @@ def render_messages(
         from autoprompt._retrieval import Retriever
 
         demos = Retriever.from_spec(spec["retrieval"])(dict(inputs))
-    return dspy.JSONAdapter().format(signature, demos, dict(inputs))
+    try:
+        adapter = adapter_named(document.get("adapter"))
+    except ValueError as exc:
+        raise ExportError(f"the prompt's 'adapter': {exc}") from exc
+    return adapter.format(signature, demos, dict(inputs))

@@ -2,7 +2,7 @@
 
 The program runs over a split with DSPy tracing on; every example whose metric reaches
 ``threshold`` yields one training example per LM call of its trace, formatted with the same
-JSONAdapter the program is optimized and served with. Answers
+adapter (:class:`autoprompt.CompactJSONAdapter`) the program is optimized and served with. Answers
 that do not parse are dropped and counted, never raised.
 
 Traces can be balanced over the labels (``balance=True``, the default for a BetterTogether ``w``
@@ -31,6 +31,7 @@ from typing import Any
 
 import dspy
 
+from autoprompt._adapter import CompactJSONAdapter
 from autoprompt._exceptions import ExportError
 from autoprompt._parallel import lm_concurrency, ordered_map
 from autoprompt._retrieval import demos_for
@@ -193,7 +194,7 @@ def compile_training_data(
     if balance and choices is None:
         logger.warning("balance=True needs declared choices (a Literal label); task %r has none: not balancing",
                        task.name)
-    adapter = dspy.JSONAdapter()
+    adapter = CompactJSONAdapter()
     names = {id(p): n for n, p in program.named_predictors()}
     counts = {"examples": 0, "kept_examples": 0, "dropped_metric": 0, "dropped_parse": 0, "dropped_error": 0,
               "dropped_balance": 0, "skipped_quota": 0, "records": 0, "duplicates": 0, "attempts": 0,

@@ -8,6 +8,7 @@ from typing import Any
 
 import dspy
 
+from autoprompt._adapter import CompactJSONAdapter
 from autoprompt._exceptions import BudgetExhausted, LMError
 from autoprompt.evaluate import MAX_ERROR_SHARE, MAX_LEADING_ERRORS, run_one
 from autoprompt._retrieval import Retriever, attach, demos_for
@@ -213,7 +214,7 @@ def _calibrate(program: dspy.Module, params: dict[str, Any], task: Any) -> dict[
 
 def _prompt_tokens(program: dspy.Module, task: Any, example: dspy.Example) -> int:
     """Tokens of the prompt the program sends for one example (all predictors, chars/4 estimate)."""
-    adapter = dspy.settings.adapter or dspy.JSONAdapter()
+    adapter = dspy.settings.adapter or CompactJSONAdapter()
     chars = 0
     for _, predictor in program.named_predictors():
         inputs = {k: example[k] for k in predictor.signature.input_fields if k in example}
