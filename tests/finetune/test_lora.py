@@ -164,6 +164,33 @@ def test_examples_longer_than_max_length_are_refused_with_the_fix(tmp_path) -> N
         LoRAFinetuner(max_length=8, progress=False).finetune(data, tmp_path)
 
 
+@pytest.mark.parametrize("name", ["sentiment", "iris", "banking77"])
+def test_the_default_max_length_holds_every_shipped_tasks_training_prompts(name) -> None:
+    """A w step on Banking77 trains on ~1,400-token prompts (77 intents in the system message): the
+    default must not skip them (it was 768: every Banking77 example was refused)."""
+    from transformers import AutoTokenizer
+
+    import autoprompt
+    from autoprompt.finetune._lora import _encode
+    from autoprompt.lms import smollm2_path
+
+    from ..conftest import TASKS
+
+    task = autoprompt.load_task(TASKS / f"{name}.py")
+    adapter = autoprompt.CompactJSONAdapter()
+    records = []
+    for example in task.examples("train", limit=20):
+        answer = {task.label_field: example[task.label_field]}
+        records.append({"messages": adapter.format(task.signature, [], dict(example.inputs())) + [
+            {"role": "assistant", "content": adapter.format_assistant_message_content(task.signature, answer)}]})
+    base = smollm2_path()
+    tokenizer = AutoTokenizer.from_pretrained(str(base.parent), gguf_file=base.name)
+    rows, too_long = _encode(tokenizer, records, LoRAFinetuner().max_length)
+    assert too_long == 0 and len(rows) == 20
+    if name == "banking77":
+        assert max(len(r["input_ids"]) for r in rows) > 768  # what the old default refused
+
+
 def test_missing_extra_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "peft", None)  # as if peft were not installed
     with pytest.raises(FinetuneError, match=r"needs peft: pip install 'autoprompt\[finetune\]'"):
