@@ -51,22 +51,16 @@ class CompactJSONAdapter(dspy.JSONAdapter):
         self.max_type_chars = max_type_chars
 
     def user_message_output_requirements(self, signature: type[dspy.Signature]) -> str:
-        full = super().user_message_output_requirements(signature)
-        if all(len(get_annotation_name(f.annotation)) <= self.max_type_chars
-               for f in signature.output_fields.values()):
-            return full  # DSPy's own message, byte for byte
-
-        def type_info(field: Any) -> str:
-            if field.annotation is str:
-                return ""
-            name = get_annotation_name(field.annotation)
-            if len(name) > self.max_type_chars:
-                return " (one of the values listed for it above)"
-            return f" (must be formatted as a valid Python {name})"
-
-        message = "Respond with a JSON object in the following order of fields: "
-        message += ", then ".join(f"`{n}`{type_info(f)}" for n, f in signature.output_fields.items())
-        return message + "."
+        message = super().user_message_output_requirements(signature)
+        # DSPy's own sentence with each long type's segment replaced: every other field (a short type,
+        # a ``str``, DSPy's ToolCalls wording) keeps DSPy's text, so a DSPy release that rewords it
+        # changes ours too; if DSPy's segment is not found the type is left in full (longer, not wrong)
+        for name, field in signature.output_fields.items():
+            type_name = get_annotation_name(field.annotation)
+            if len(type_name) > self.max_type_chars:
+                message = message.replace(f"`{name}` (must be formatted as a valid Python {type_name})",
+                                          f"`{name}` (one of the values listed for it above)")
+        return message
 
 
 def adapter_named(name: str | None) -> dspy.JSONAdapter:

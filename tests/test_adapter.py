@@ -47,6 +47,17 @@ def test_only_the_long_type_is_shortened_and_the_threshold_is_a_parameter():
     assert roomy.user_message_output_requirements(sig) == dspy.JSONAdapter().user_message_output_requirements(sig)
 
 
+def test_fields_beside_a_long_type_keep_dspys_wording_tool_calls_included():
+    many = typing.Literal[tuple(f"intent_{i}" for i in range(60))]
+    sig = dspy.Signature({"text": (str, dspy.InputField()), "intent": (many, dspy.OutputField()),
+                          "calls": (dspy.ToolCalls, dspy.OutputField())})
+    theirs = dspy.JSONAdapter().user_message_output_requirements(sig)
+    ours = CompactJSONAdapter().user_message_output_requirements(sig)
+    tool_wording = theirs[theirs.index("`calls`"):]
+    assert '"tool_calls"' in tool_wording and ours.endswith(tool_wording)
+    assert ours.startswith("Respond with a JSON object in the following order of fields: `intent` (one of the values")
+
+
 def test_prompt_documents_name_their_adapter_and_render_with_it():
     task = autoprompt.load_task(TASKS / "banking77.py")
     document = prompt_document(task.make_program(), task=task)

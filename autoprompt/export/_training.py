@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,22 @@ logger = logging.getLogger(__name__)
 
 TRAINING_FORMAT_VERSION = 1
 DATA_FORMATS = ("openai", "hf", "trl")
+#: with the progress bar off, how often (seconds) a pass over the split logs how far it got
+PROGRESS_LOG_SECONDS = 60.0
+
+
+class _Ticker:
+    """Logs an INFO line at most every :data:`PROGRESS_LOG_SECONDS` while a pass runs without its bar:
+    tracing Banking77's train split takes ~16 min, and without a bar nothing said it was alive."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.last = time.monotonic()
+
+    def __call__(self, message: str, *args: Any) -> None:
+        if self.enabled and time.monotonic() - self.last >= PROGRESS_LOG_SECONDS:
+            self.last = time.monotonic()
+            logger.info(message, *args)
 
 
 @dataclass
@@ -240,9 +257,14 @@ def compile_training_data(
     # at a time gives; an example run ahead whose label's quota filled meanwhile counts as speculative
     run_ahead = ordered_map(run_rounds, examples, lm_concurrency()) if answers != "gold" else None
     bar = tqdm(examples, desc=f"compile {split}", disable=not progress, unit="ex", leave=False)
+    tick = _Ticker(enabled=not progress)
+    wanted = quota * len(choices) if quota else max_traces
+    total = len(examples) if hasattr(examples, "__len__") else "?"
     try:
-        for example in bar:
-            if max_traces is not None and counts["kept_examples"] >= (quota * len(choices) if quota else max_traces):
+        for visited, example in enumerate(bar):
+            tick("training data: %d of %s %s examples visited, %d kept%s, %d attempts", visited, total, split,
+                 counts["kept_examples"], f" of {wanted} wanted" if wanted else "", counts["attempts"])
+            if max_traces is not None and counts["kept_examples"] >= wanted:
                 break
             result = next(run_ahead) if run_ahead is not None else None  # one result per example, in order
             gold = gold_of(example)
@@ -286,7 +308,8 @@ def compile_training_data(
         if run_ahead is not None:
             run_ahead.close()  # the calls still running finish; no new one starts
     if extra_rounds and choices is not None and answers != "gold" and failed:
-        _extra_rounds(failed, choices, quota, labels, counts, run_rounds, keep, gold_of, max_rounds, extra_rounds)
+        _extra_rounds(failed, choices, quota, labels, counts, run_rounds, keep, gold_of, max_rounds, extra_rounds,
+                      _Ticker(enabled=not progress))
     missing: list[str] = []
     rare: list[str] = []
     if choices is not None:
@@ -317,7 +340,7 @@ def compile_training_data(
 
 def _extra_rounds(failed: list[tuple[Any, str]], choices: list[str], quota: int | None,
                   labels: dict[str, dict[str, int]], counts: dict[str, Any], run_rounds: Any, keep: Any,
-                  gold_of: Any, max_rounds: int, extra_rounds: int) -> None:
+                  gold_of: Any, max_rounds: int, extra_rounds: int, tick: _Ticker) -> None:
     """More sampled rounds for the failed examples of the labels short of the others (see
     ``compile_training_data(extra_rounds=)``), used in order until each such label reaches the target."""
     kept = labels["kept"]
@@ -332,7 +355,9 @@ def _extra_rounds(failed: list[tuple[Any, str]], choices: list[str], quota: int 
     results = ordered_map(lambda item: run_rounds(item[0], max_rounds + 1, max_rounds + extra_rounds, target),
                           retry, lm_concurrency())
     try:
-        for (example, why), result in zip(retry, results):
+        for done, ((example, why), result) in enumerate(zip(retry, results)):
+            tick("training data: extra rounds, %d of %d failed examples retried, %d kept", done, len(retry),
+                 counts["kept_examples"])
             if result is None:
                 continue
             trace, _, passed, round_ = result

@@ -263,3 +263,26 @@ def test_a_rare_label_keeps_its_few_examples_and_does_not_cap_the_others():
     assert run({"setosa": 20, "versicolor": 16, "virginica": 1}, 0.0)[0] == {"setosa": 1, "versicolor": 1,
                                                                             "virginica": 1}
     assert run({"positive": 500, "negative": 20}, 0.1)[:2] == ({"positive": 20, "negative": 20}, [])  # two labels
+
+
+def test_without_a_progress_bar_a_long_pass_logs_how_far_it_got(small_task, monkeypatch, caplog):
+    """progress=False (benchmarks, logs to a file): an INFO line every PROGRESS_LOG_SECONDS (0 here: one per
+    example) for the main pass and the extra rounds; with the bar on, none (the bar says it)."""
+    from autoprompt.export import _training
+
+    monkeypatch.setattr(_training, "PROGRESS_LOG_SECONDS", 0.0)
+    program = small_task.make_program()
+    with caplog.at_level("INFO", logger="autoprompt.export._training"):
+        with dspy.context(lm=_LateRightLM.make(small_task, right_negatives=2, right_from=3)):
+            compile_training_data(program, small_task, balance=True, extra_rounds=2, max_traces=10,
+                                  progress=False)
+    visited = [r.getMessage() for r in caplog.records if "examples visited" in r.getMessage()]
+    retried = [r.getMessage() for r in caplog.records if "failed examples retried" in r.getMessage()]
+    assert visited[0] == "training data: 0 of 40 train examples visited, 0 kept of 10 wanted, 0 attempts"
+    assert len(visited) == 40 and visited[-1].startswith("training data: 39 of 40 train examples visited, 7 kept")
+    assert retried and retried[0].startswith("training data: extra rounds, 0 of ")
+    caplog.clear()
+    with caplog.at_level("INFO", logger="autoprompt.export._training"):
+        with dspy.context(lm=_biased_lm(small_task, right_negatives=5)):
+            compile_training_data(program, small_task, balance=True, progress=True)
+    assert not [r for r in caplog.records if "examples visited" in r.getMessage()]
