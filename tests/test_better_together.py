@@ -92,6 +92,7 @@ def test_cli_runs_strategies_sharing_prefixes_and_keeps_every_step(tmp_path) -> 
         step = run / "steps" / name
         manifest = json.loads((step / "data" / "manifest.json").read_text())
         assert source in manifest["source_program"] and manifest["options"]["keep_demos"] is False
+        assert manifest["options"]["max_attempts"] == 5 * manifest["options"]["max_traces"] == 5000  # the default cap
         rows = (step / "data" / "train.jsonl").read_text().splitlines()
         assert len(rows) == manifest["counts"]["records"] > 0
         assert (step / "model" / "adapter.gguf").is_file()

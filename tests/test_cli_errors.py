@@ -112,6 +112,8 @@ CATALOGUE = [
     ("bad data option", ["better-together", str(SENTIMENT), "--data-option", "max_trace=5"], ["max_trace"]),
     ("data option range", ["better-together", str(SENTIMENT), "--data-option", "extra_rounds=-1"],
      ["extra_rounds", ">= 0", "-1"]),
+    ("data option attempts", ["better-together", str(SENTIMENT), "--data-option", "max_attempts=0"],
+     ["max_attempts", "positive integer", "0"]),
     ("data option share", ["better-together", str(SENTIMENT), "--data-option", "val_fraction=1.5",
                            "--data-option", "min_label_share=0.1"], ["val_fraction", "[0, 1)"]),
     ("rare-label share", ["better-together", str(SENTIMENT), "--data-option", "min_label_share=2"],

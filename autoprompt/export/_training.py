@@ -146,6 +146,7 @@ def compile_training_data(
     balance: bool = False,
     max_rounds: int = 1,
     extra_rounds: int = 0,
+    max_attempts: int | None = None,
     min_label_share: float = 0.1,
     progress: bool = True,
 ) -> TrainingData:
@@ -184,6 +185,12 @@ def compile_training_data(
             program that names one label for nearly every input (the 135M model on Iris: "setosa") gives the
             others a few percent; on a small split a few more draws for those examples alone are what makes
             a balanced set possible (``counts.extra_attempts``).
+        max_attempts: stop running the program once this many attempts (program runs, sampled rounds
+            and runs ahead included) have been made, and build the data from what was kept so far
+            (balanced as usual); ``counts.unvisited`` says how many examples of the split the cap left
+            unvisited. A program right on few examples of most labels (the zero-shot 135M model on Banking77's
+            77 intents) would otherwise run every example of those labels ``max_rounds`` times and more:
+            hours. ``None``: no cap. The calls already in flight finish (at most ``2 x`` the LM's concurrency).
         source: where the program came from (a prompt file, a run), for the manifest.
         answers: ``"program"`` (BetterTogether: the program's own answers, kept when the metric
             passes) or ``"gold"`` (the split's labels as the answers to the program's prompts, no
@@ -205,6 +212,9 @@ def compile_training_data(
         raise ExportError(f"max_rounds must be a positive integer, got {max_rounds!r}")
     if not isinstance(extra_rounds, int) or isinstance(extra_rounds, bool) or extra_rounds < 0:
         raise ExportError(f"extra_rounds must be a non-negative integer, got {extra_rounds!r}")
+    if max_attempts is not None and (not isinstance(max_attempts, int) or isinstance(max_attempts, bool)
+                                     or max_attempts < 1):
+        raise ExportError(f"max_attempts must be a positive integer or None, got {max_attempts!r}")
     if max_traces is not None and (not isinstance(max_traces, int) or max_traces < 1):
         raise ExportError(f"max_traces must be a positive integer or None, got {max_traces!r}")
     choices = [str(c) for c in task.choices] if balance and task.choices else None
@@ -215,7 +225,7 @@ def compile_training_data(
     names = {id(p): n for n, p in program.named_predictors()}
     counts = {"examples": 0, "kept_examples": 0, "dropped_metric": 0, "dropped_parse": 0, "dropped_error": 0,
               "dropped_balance": 0, "skipped_quota": 0, "records": 0, "duplicates": 0, "attempts": 0,
-              "speculative_attempts": 0}
+              "speculative_attempts": 0, "unvisited": 0}
     kept_by_round: dict[str, int] = {}
     labels: dict[str, dict[str, int]] = {k: {} for k in ("kept", "dropped_metric", "dropped_failure",
                                                           "dropped_balance", "skipped_quota")}
@@ -253,6 +263,9 @@ def compile_training_data(
 
     failed: list[tuple[Any, str]] = []  # (example, "dropped_metric" / "dropped_parse"): extra rounds may retry them
 
+    def spent() -> int:  # program runs so far, the ones run ahead and not used included
+        return counts["attempts"] + counts["speculative_attempts"]
+
     # examples run as many at a time as the LM answers at once and are used in order, so the data is what one
     # at a time gives; an example run ahead whose label's quota filled meanwhile counts as speculative
     run_ahead = ordered_map(run_rounds, examples, lm_concurrency()) if answers != "gold" else None
@@ -265,6 +278,12 @@ def compile_training_data(
             tick("training data: %d of %s %s examples visited, %d kept%s, %d attempts", visited, total, split,
                  counts["kept_examples"], f" of {wanted} wanted" if wanted else "", counts["attempts"])
             if max_traces is not None and counts["kept_examples"] >= wanted:
+                break
+            if max_attempts is not None and spent() >= max_attempts:
+                counts["unvisited"] = total - visited if isinstance(total, int) else 0
+                logger.warning("training data: stopped after %d attempts (max_attempts %d) with %d of %s %s examples "
+                               "visited and %d kept", spent(), max_attempts, visited, total, split,
+                               counts["kept_examples"])
                 break
             result = next(run_ahead) if run_ahead is not None else None  # one result per example, in order
             gold = gold_of(example)
@@ -307,9 +326,10 @@ def compile_training_data(
         bar.close()
         if run_ahead is not None:
             run_ahead.close()  # the calls still running finish; no new one starts
-    if extra_rounds and choices is not None and answers != "gold" and failed:
+    capped = max_attempts is not None and spent() >= max_attempts
+    if extra_rounds and choices is not None and answers != "gold" and failed and not capped:
         _extra_rounds(failed, choices, quota, labels, counts, run_rounds, keep, gold_of, max_rounds, extra_rounds,
-                      _Ticker(enabled=not progress))
+                      _Ticker(enabled=not progress), lambda: max_attempts is not None and spent() >= max_attempts)
     missing: list[str] = []
     rare: list[str] = []
     if choices is not None:
@@ -330,7 +350,8 @@ def compile_training_data(
         "filter": {"metric": getattr(task.metric, "__name__", repr(task.metric)), "threshold": threshold},
         "options": {"keep_demos": keep_demos, "dedupe": dedupe, "val_fraction": val_fraction, "limit": limit,
                     "seed": seed, "answers": answers, "max_traces": max_traces, "balance": balance,
-                    "max_rounds": max_rounds, "extra_rounds": extra_rounds, "min_label_share": min_label_share},
+                    "max_rounds": max_rounds, "extra_rounds": extra_rounds, "max_attempts": max_attempts,
+                    "min_label_share": min_label_share},
         "counts": counts,
         "labels": {**{k: dict(sorted(v.items())) for k, v in labels.items()}, "missing": missing, "rare": rare},
     }
@@ -340,7 +361,7 @@ def compile_training_data(
 
 def _extra_rounds(failed: list[tuple[Any, str]], choices: list[str], quota: int | None,
                   labels: dict[str, dict[str, int]], counts: dict[str, Any], run_rounds: Any, keep: Any,
-                  gold_of: Any, max_rounds: int, extra_rounds: int, tick: _Ticker) -> None:
+                  gold_of: Any, max_rounds: int, extra_rounds: int, tick: _Ticker, capped: Any) -> None:
     """More sampled rounds for the failed examples of the labels short of the others (see
     ``compile_training_data(extra_rounds=)``), used in order until each such label reaches the target."""
     kept = labels["kept"]
@@ -358,6 +379,10 @@ def _extra_rounds(failed: list[tuple[Any, str]], choices: list[str], quota: int 
         for done, ((example, why), result) in enumerate(zip(retry, results)):
             tick("training data: extra rounds, %d of %d failed examples retried, %d kept", done, len(retry),
                  counts["kept_examples"])
+            if capped():
+                logger.warning("training data: extra rounds stopped at max_attempts after %d of %d failed examples",
+                               done, len(retry))
+                break
             if result is None:
                 continue
             trace, _, passed, round_ = result
@@ -464,7 +489,10 @@ def _balance(records: list[dict[str, Any]], choices: list[str], labels: dict[str
 
 def _extra_text(counts: dict[str, Any]) -> str:
     extra = counts.get("extra_attempts")
-    return f", {extra} of them extra rounds for the labels short of traces" if extra else ""
+    text = f", {extra} of them extra rounds for the labels short of traces" if extra else ""
+    if counts.get("unvisited"):
+        text += f"; stopped at max_attempts with {counts['unvisited']} examples unvisited: raise max_attempts"
+    return text
 
 
 def split_validation(records: list[dict[str, Any]], val_fraction: float, seed: int

@@ -286,3 +286,27 @@ def test_without_a_progress_bar_a_long_pass_logs_how_far_it_got(small_task, monk
         with dspy.context(lm=_biased_lm(small_task, right_negatives=5)):
             compile_training_data(program, small_task, balance=True, progress=True)
     assert not [r for r in caplog.records if "examples visited" in r.getMessage()]
+
+
+def test_max_attempts_stops_the_pass_and_builds_the_data_from_what_was_kept(small_task):
+    """max_attempts: once that many program runs are spent the pass stops, what passed is balanced as usual and
+    counts.unvisited says what the cap left; the extra rounds stop at the cap too (stub LM: pure logic)."""
+    program = small_task.make_program()
+    lm = _biased_lm(small_task, right_negatives=20)
+    with dspy.context(lm=lm):
+        data = compile_training_data(program, small_task, balance=True, max_attempts=10, progress=False)
+    c = data.counts
+    assert c["attempts"] == 10 == len(lm.history) and c["examples"] == 10 and c["unvisited"] == 30
+    assert sum(data.manifest["labels"]["kept"].values()) == c["kept_examples"] <= 10
+    assert data.manifest["options"]["max_attempts"] == 10
+    with dspy.context(lm=_LateRightLM.make(small_task, right_negatives=2, right_from=6)):
+        unlimited = compile_training_data(program, small_task, balance=True, max_rounds=4, extra_rounds=4,
+                                          progress=False)
+        capped = compile_training_data(program, small_task, balance=True, max_rounds=4, extra_rounds=4,
+                                       max_attempts=unlimited.counts["attempts"] - 10, progress=False)
+    assert unlimited.counts["unvisited"] == 0 and capped.counts["unvisited"] == 0  # the split was visited
+    assert unlimited.counts["attempts"] - 10 <= capped.counts["attempts"] < unlimited.counts["attempts"]
+    assert capped.counts["extra_attempts"] < unlimited.counts["extra_attempts"]
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ExportError, match="max_attempts must be a positive integer or None"):
+            compile_training_data(program, small_task, max_attempts=bad)
