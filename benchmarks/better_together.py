@@ -260,9 +260,14 @@ def report() -> str:
             if not ft:
                 continue
             best = ft.get("best") or {}
+            data = c["details"].get("training_data") or {}
+            traced = (f"traced {data['examples']} train examples in {data['attempts']} program runs"
+                      f"{' (stopped at max_attempts, ' + str(data['unvisited']) + ' unvisited)' if data.get('unvisited') else ''}, "
+                      if data.get("attempts") else "")
             w_notes.append(
-                f"- s{c['seed']} {c['side']} `{c['strategy']}`: kept {labels.get('kept')}, dropped to balance "
-                f"{labels.get('dropped_balance')}, missing {labels.get('missing')}{', rare ' + str(labels['rare']) if labels.get('rare') else ''}; LoRA {ft['examples']} examples, "
+                f"- s{c['seed']} {c['side']} `{c['strategy']}`: {traced}kept {_histogram(labels.get('kept'))}, dropped "
+                f"to balance {_histogram(labels.get('dropped_balance'))}, missing {_labels(labels.get('missing'))}"
+                f"{', rare ' + _labels(labels['rare']) if labels.get('rare') else ''}; LoRA {ft['examples']} examples, "
                 f"{ft['steps']} of {ft.get('planned_steps', ft['steps'])} steps"
                 f"{' (early stop)' if ft.get('stopped_early') else ''}, best step {best.get('step')} (val acc {best.get('val_accuracy')}, base "
                 f"{ft.get('val_accuracy_base')}), {ft['train_seconds'] / 60:.1f} min training at "
@@ -309,6 +314,20 @@ def _plot(cells: list[dict[str, Any]]) -> None:
         ax.set_ylim(0, 100)
     fig.tight_layout()
     fig.savefig(RESULTS / "better_together.png", dpi=120)
+
+
+def _histogram(counts: dict[str, int] | None) -> str:
+    """A label histogram as the report shows it: in full up to 10 labels, else summarised (Banking77: 77)."""
+    if not counts or len(counts) <= 10:
+        return str(counts)
+    values = sorted(counts.values())
+    return (f"{sum(values)} over {len(values)} labels (min {values[0]}, median {statistics.median(values):g}, "
+            f"max {values[-1]})")
+
+
+def _labels(names: list[str] | None) -> str:
+    names = names or []
+    return str(names) if len(names) <= 10 else f"{len(names)} labels ({', '.join(names[:5])}, ...)"
 
 
 def main() -> None:
