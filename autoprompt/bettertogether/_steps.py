@@ -163,7 +163,7 @@ class WeightStep(BaseStep):
         max_attempts: stop tracing after this many program runs (sampled rounds included) and train on what
             was kept (see :func:`autoprompt.export.compile_training_data`). ``None``: ``5 x max_traces`` when
             ``max_traces`` is set (the benchmark's w steps used at most 4.3 x: 4323 runs for SST-2's 1000
-            traces), else no cap. The zero-shot 135M model on Banking77 passes on ~17% of the train split,
+            traces), else no cap. The zero-shot 135M model on Banking77 is right on ~14% of the train examples,
             few of them for most intents: without a cap its w step would run those intents' examples 4 times
             and more (hours); with it, at most 3850 runs and the intents it never answered reported missing.
         **data_options: more options of ``compile_training_data`` (``threshold``, ``keep_demos``,
