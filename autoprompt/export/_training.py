@@ -28,7 +28,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import dspy
 
@@ -266,6 +266,9 @@ def compile_training_data(
     def spent() -> int:  # program runs so far, the ones run ahead and not used included
         return counts["attempts"] + counts["speculative_attempts"]
 
+    def capped() -> bool:
+        return max_attempts is not None and spent() >= max_attempts
+
     # examples run as many at a time as the LM answers at once and are used in order, so the data is what one
     # at a time gives; an example run ahead whose label's quota filled meanwhile counts as speculative
     run_ahead = ordered_map(run_rounds, examples, lm_concurrency()) if answers != "gold" else None
@@ -279,7 +282,7 @@ def compile_training_data(
                  counts["kept_examples"], f" of {wanted} wanted" if wanted else "", counts["attempts"])
             if max_traces is not None and counts["kept_examples"] >= wanted:
                 break
-            if max_attempts is not None and spent() >= max_attempts:
+            if capped():
                 counts["unvisited"] = total - visited if isinstance(total, int) else 0
                 logger.warning("training data: stopped after %d attempts (max_attempts %d) with %d of %s %s examples "
                                "visited and %d kept", spent(), max_attempts, visited, total, split,
@@ -326,10 +329,9 @@ def compile_training_data(
         bar.close()
         if run_ahead is not None:
             run_ahead.close()  # the calls still running finish; no new one starts
-    capped = max_attempts is not None and spent() >= max_attempts
-    if extra_rounds and choices is not None and answers != "gold" and failed and not capped:
+    if extra_rounds and choices is not None and answers != "gold" and failed and not capped():
         _extra_rounds(failed, choices, quota, labels, counts, run_rounds, keep, gold_of, max_rounds, extra_rounds,
-                      _Ticker(enabled=not progress), lambda: max_attempts is not None and spent() >= max_attempts)
+                      tick, capped)
     missing: list[str] = []
     rare: list[str] = []
     if choices is not None:
@@ -361,7 +363,7 @@ def compile_training_data(
 
 def _extra_rounds(failed: list[tuple[Any, str]], choices: list[str], quota: int | None,
                   labels: dict[str, dict[str, int]], counts: dict[str, Any], run_rounds: Any, keep: Any,
-                  gold_of: Any, max_rounds: int, extra_rounds: int, tick: _Ticker, capped: Any) -> None:
+                  gold_of: Any, max_rounds: int, extra_rounds: int, tick: _Ticker, capped: Callable[[], bool]) -> None:
     """More sampled rounds for the failed examples of the labels short of the others (see
     ``compile_training_data(extra_rounds=)``), used in order until each such label reaches the target."""
     kept = labels["kept"]
