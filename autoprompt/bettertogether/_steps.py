@@ -189,9 +189,10 @@ class WeightStep(BaseStep):
                 raise ExportError(f"data option {name} must be an integer >= {low}, got {value!r}")
         if not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
             raise ExportError(f"data option val_fraction must be in [0, 1), got {val_fraction!r}")
-        share = data_options.get("min_label_share", 0.0)
-        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
-            raise ExportError(f"data option min_label_share must be in [0, 1], got {share!r}")
+        for name in ("min_label_share", "max_label_share"):
+            share = data_options.get(name, 0.0)
+            if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+                raise ExportError(f"data option {name} must be in [0, 1], got {share!r}")
         self.finetuner = finetuner
         self.max_traces = max_traces
         self.balance = balance

@@ -249,11 +249,12 @@ def test_a_rare_label_keeps_its_few_examples_and_does_not_cap_the_others():
 
     from autoprompt.export._training import _balance
 
-    def run(kept: dict[str, int], share: float):
+    def run(kept: dict[str, int], share: float, max_share: float = 0.1):
         records = [{"label": label, "example": f"{label}{i}"} for label, n in kept.items() for i in range(n)]
         labels = {"kept": dict(kept), "dropped_balance": {}}
         counts = {"dropped_balance": 0, "kept_examples": sum(kept.values()), "examples": 50, "attempts": 50}
-        out, missing, rare = _balance(records, list(kept), labels, counts, SimpleNamespace(name="t"), "train", share)
+        out, missing, rare = _balance(records, list(kept), labels, counts, SimpleNamespace(name="t"), "train", share,
+                                      max_share)
         got = {label: sum(r["label"] == label for r in out) for label in kept}
         return got, rare, labels, counts
 
@@ -263,6 +264,44 @@ def test_a_rare_label_keeps_its_few_examples_and_does_not_cap_the_others():
     assert run({"setosa": 20, "versicolor": 16, "virginica": 1}, 0.0)[0] == {"setosa": 1, "versicolor": 1,
                                                                             "virginica": 1}
     assert run({"positive": 500, "negative": 20}, 0.1)[:2] == ({"positive": 20, "negative": 20}, [])  # two labels
+
+
+def test_many_labels_are_cut_only_as_far_as_no_label_dominates():
+    """Pure logic: with max_label_share 0.1, ten labels or fewer balance exactly (the Iris and SST-2 cells'
+    counts give what they gave); Banking77's zero-shot traces (seed 0's histogram: 61 intents, 1 to 10 each,
+    242 in all) keep all 242 instead of 61; a lopsided many-label set is cut until its largest label holds
+    at most a tenth of the data; max_label_share=0 is exact balance at any number of labels."""
+    from types import SimpleNamespace
+
+    from autoprompt.export._training import _balance, _cap
+
+    def run(kept: dict[str, int], max_share: float = 0.1, min_share: float = 0.1):
+        records = [{"label": label, "example": f"{label}{i}"} for label, n in kept.items() for i in range(n)]
+        labels = {"kept": dict(kept), "dropped_balance": {}}
+        counts = {"dropped_balance": 0, "kept_examples": sum(kept.values()), "examples": 50, "attempts": 50}
+        out, _, _ = _balance(records, list(kept), labels, counts, SimpleNamespace(name="t"), "train", min_share,
+                             max_share)
+        got = {label: sum(r["label"] == label for r in out) for label in kept}
+        assert got == labels["kept"] and counts["kept_examples"] == len(out)  # the manifest says what was kept
+        return got
+
+    # ten labels or fewer: exact balance, as before (counts of the committed Iris/SST-2 cells)
+    assert run({"setosa": 19, "versicolor": 7, "virginica": 12}) == {"setosa": 7, "versicolor": 7, "virginica": 7}
+    assert run({"setosa": 21, "versicolor": 3}) == {"setosa": 3, "versicolor": 3}
+    assert run({"positive": 500, "negative": 77}) == {"positive": 77, "negative": 77}
+    ten = {f"l{i}": 5 + i for i in range(10)}
+    assert set(run(ten).values()) == {5}
+    # Banking77 seed 0's zero-shot traces, as its manifest counts them (kept + dropped_balance)
+    histogram = {10: 7, 9: 1, 8: 3, 7: 3, 6: 3, 5: 4, 4: 4, 3: 7, 2: 14, 1: 15}  # traces per intent: intents
+    sizes = [n for n, intents in histogram.items() for _ in range(intents)]
+    assert len(sizes) == 61 and sum(sizes) == 242
+    intents = {f"intent{i}": n for i, n in enumerate(sizes)}
+    assert run(intents) == intents
+    assert set(run(intents, max_share=0.0).values()) == {1}  # the old rule: 61 of 242
+    # one intent with 100 traces beside 20 with 2 each: cut to 4 (4 of 44 is 9%; 5 of 45 would be 11%)
+    lopsided = {"big": 100, **{f"small{i}": 2 for i in range(20)}}
+    got = run(lopsided)
+    assert got["big"] == _cap([100] + [2] * 20, 0, 0.1) == 4 and 4 <= 0.1 * sum(got.values())
 
 
 def test_without_a_progress_bar_a_long_pass_logs_how_far_it_got(small_task, monkeypatch, caplog):
