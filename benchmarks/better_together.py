@@ -275,6 +275,18 @@ def report() -> str:
                 f"{ft.get('val_accuracy_base')}), {ft['train_seconds'] / 60:.1f} min training at "
                 f"{ft['tokens_per_second']:.0f} tokens/s ({ft['dtype']})")
         errors = [f"- s{c['seed']} {c['side']} `{c['strategy']}`: {c['error']}" for c in mine if c.get("error")]
+        curve = _curve(mine, SETTINGS.get(task, {}).get("max_traces"))
+        if curve:
+            lines += ["", "Data curve (`w` alone, test % against the number of traces it was given: `traces-N` cells, "
+                      "and the `autoprompt` side's `w` at the task's max_traces; `gold` = the same w on gold labels):",
+                      "", "| traces | side | " + " | ".join(f"test s{x}" for x in seeds) + " | test mean |",
+                      "|---:|---|" + "---:|" * (len(seeds) + 1)]
+            for n, side, by_seed in curve:
+                vals = [by_seed[x] for x in seeds if x in by_seed]
+                lines.append(f"| {n} | {side} | " + " | ".join(f"{100 * by_seed[x]:.1f}" if x in by_seed else "-"
+                                                            for x in seeds)
+                             + f" | {100 * statistics.mean(vals):.1f}" + (f" ({len(vals)} of {len(seeds)} seeds)" if len(vals) < len(seeds)
+                                                                         else "") + " |")
         if w_notes:
             lines += ["", "w steps:", "", *w_notes]
         if errors:
@@ -316,6 +328,50 @@ def _plot(cells: list[dict[str, Any]]) -> None:
         ax.set_ylim(0, 100)
     fig.tight_layout()
     fig.savefig(RESULTS / "better_together.png", dpi=120)
+    plt.close(fig)
+    curves = {task: _curve([c for c in cells if c["task"] == task], SETTINGS.get(task, {}).get("max_traces"))
+              for task in tasks}
+    curves = {task: curve for task, curve in curves.items() if curve}
+    if not curves:
+        return
+    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.8), squeeze=False)
+    for ax, (task, curve) in zip(axes[0], sorted(curves.items())):
+        for side, marker in (("program's traces", "o-"), ("gold labels", "s--")):
+            pts = [(n, 100 * statistics.mean(by_seed.values())) for n, sd, by_seed in curve if sd == side]
+            if pts:
+                ax.plot(*zip(*pts), marker, label=f"w on the {side} (mean over seeds)")
+            for n, sd, by_seed in curve:  # every seed's point, faint
+                if sd == side:
+                    ax.plot([n] * len(by_seed), [100 * v for v in by_seed.values()], marker[0], alpha=0.3, color="grey")
+        ax.set_xscale("log")
+        ax.set_xlabel("traces the w step trained on (max_traces)")
+        ax.set_ylabel("test accuracy %")
+        ax.set_title(f"{task}: data curve of w")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "better_together_traces.png", dpi=120)
+    plt.close(fig)
+
+
+def _curve(cells: list[dict[str, Any]], max_traces: int | None) -> list[tuple[int, str, dict[int, float]]]:
+    """``(traces, side, {seed: test score})`` for the data curve: ``traces-N`` cells' ``w``, the ``autoprompt``
+    side's ``w`` (at ``max_traces``) and ``gold``'s ``g`` (gold labels, the same size); sorted by size, then side."""
+    points: dict[tuple[int, str], dict[int, float]] = {}
+    for c in cells:
+        if "test" not in c["scores"] or c.get("error"):
+            continue
+        if c["side"].startswith("traces-") and c["strategy"] == "w":
+            key = (int(c["side"].split("-")[1]), "program's traces")
+        elif c["side"] == "autoprompt" and c["strategy"] == "w" and max_traces:
+            key = (max_traces, "program's traces")
+        elif c["side"] == "gold" and c["strategy"] == "g" and max_traces:
+            key = (max_traces, "gold labels")
+        else:
+            continue
+        points.setdefault(key, {})[c["seed"]] = c["scores"]["test"]["score"]
+    if not any(n != max_traces for n, _ in points):  # one size only: no curve
+        return []
+    return [(n, side, by_seed) for (n, side), by_seed in sorted(points.items())]
 
 
 def _histogram(counts: dict[str, int] | None) -> str:
