@@ -20,10 +20,12 @@ SMALL = TASKS / "data" / "sentiment_small"
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_caches(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """DSPy's LM cache and the datasets cache live in temporary folders, never in $HOME."""
+    """DSPy's LM cache, the datasets cache and the converted base models of the LoRA tests live in temporary
+    folders, never in $HOME (the models' folder is shared by the session: converted once, as for a user)."""
     import autoprompt
 
     os.environ["HF_DATASETS_CACHE"] = str(tmp_path_factory.mktemp("hf-datasets"))
+    os.environ["AUTOPROMPT_MODEL_CACHE"] = str(tmp_path_factory.mktemp("models"))
     autoprompt.configure_cache(tmp_path_factory.mktemp("dspy-cache"))
 
 

@@ -118,6 +118,8 @@ CATALOGUE = [
                            "--data-option", "min_label_share=0.1"], ["val_fraction", "[0, 1)"]),
     ("rare-label share", ["better-together", str(SENTIMENT), "--data-option", "min_label_share=2"],
      ["min_label_share", "[0, 1]"]),
+    ("many-label share", ["better-together", str(SENTIMENT), "--data-option", "max_label_share=-0.5"],
+     ["max_label_share", "[0, 1]", "-0.5"]),
     ("bad finetune option", ["better-together", str(SENTIMENT), "--finetune-option", "rnk=4"], ["rnk", "rank"]),
     ("unknown flag", ["optimize", str(SENTIMENT), "--dev-limt", "5"], ["--dev-limt"]),
     # prompt files

@@ -18,7 +18,7 @@ from autoprompt._exceptions import FinetuneError
 from autoprompt.finetune._base import FINETUNE_FORMAT_VERSION, BaseFinetuner, FinetuneResult
 from autoprompt.finetune._dspy import LocalProvider, dspy_lm
 from autoprompt.finetune._gguf import write_lora_adapter
-from autoprompt.finetune._lora import DEFAULT_TARGET_MODULES, LoRAFinetuner, require_finetune_extra
+from autoprompt.finetune._lora import DEFAULT_TARGET_MODULES, LoRAFinetuner, load_base, require_finetune_extra
 from autoprompt.finetune._remote import OpenAIFinetuner
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "OpenAIFinetuner",
     "dspy_lm",
     "get_finetuner",
+    "load_base",
     "require_finetune_extra",
     "write_lora_adapter",
 ]

@@ -168,10 +168,8 @@ def test_examples_longer_than_max_length_are_refused_with_the_fix(tmp_path) -> N
 def test_the_default_max_length_holds_every_shipped_tasks_training_prompts(name) -> None:
     """A w step on Banking77 trains on ~1,400-token prompts (77 intents in the system message): the
     default must not skip them (it was 768: every Banking77 example was refused)."""
-    from transformers import AutoTokenizer
-
     import autoprompt
-    from autoprompt.finetune._lora import _encode
+    from autoprompt.finetune._lora import _encode, load_base
     from autoprompt.lms import smollm2_path
 
     from ..conftest import TASKS
@@ -183,8 +181,7 @@ def test_the_default_max_length_holds_every_shipped_tasks_training_prompts(name)
         answer = {task.label_field: example[task.label_field]}
         records.append({"messages": adapter.format(task.signature, [], dict(example.inputs())) + [
             {"role": "assistant", "content": adapter.format_assistant_message_content(task.signature, answer)}]})
-    base = smollm2_path()
-    tokenizer = AutoTokenizer.from_pretrained(str(base.parent), gguf_file=base.name)
+    tokenizer, _ = load_base(smollm2_path())
     rows, too_long = _encode(tokenizer, records, LoRAFinetuner().max_length)
     assert too_long == 0 and len(rows) == 20
     if name == "banking77":
@@ -202,16 +199,13 @@ def test_a_shared_prompt_prefix_runs_once_with_the_same_loss_and_gradients() -> 
     values repeated): the loss and every LoRA gradient equal those of running each example whole."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from autoprompt.finetune._lora import _encode, _Trainer
+    from autoprompt.finetune._lora import _encode, _Trainer, load_base
     from autoprompt.lms import smollm2_path
 
-    base = smollm2_path()
-    tokenizer = AutoTokenizer.from_pretrained(str(base.parent), gguf_file=base.name)
+    tokenizer, model = load_base(smollm2_path())
     rows, _ = _encode(tokenizer, [{"messages": _messages(i)} for i in WORDS], 768)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(str(base.parent), gguf_file=base.name, dtype=torch.float32)
     model = get_peft_model(model, LoraConfig(r=4, target_modules=["v_proj", "down_proj"], task_type="CAUSAL_LM"))
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:  # LoRA's B starts at zero: random values so that every gradient is non-zero
@@ -229,3 +223,44 @@ def test_a_shared_prompt_prefix_runs_once_with_the_same_loss_and_gradients() -> 
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(results[False][1], results[True][1]))
     assert results[True][2]["computed_tokens"] == results[False][2]["computed_tokens"] - 3 * prefix
     assert results[True][2]["prefix_saving"] > 0.3 and results[False][2]["prefix_saving"] == 0.0
+
+
+def test_the_base_model_is_converted_once_then_loaded_with_the_same_weights_and_tokens(tmp_path, monkeypatch,
+                                                                                       caplog) -> None:
+    """transformers reads the GGUF file in Python (~15 s); the converted model is cached per file content
+    and transformers version and loads in about a second: the same tensors and the same token ids as the
+    conversion, and a broken cache is converted again with a warning."""
+    import time
+
+    import torch
+
+    from autoprompt.finetune._lora import MODEL_CACHE_ENV, load_base
+    from autoprompt.lms import smollm2_path
+
+    monkeypatch.setenv(MODEL_CACHE_ENV, str(tmp_path / "models"))
+    base = smollm2_path()
+    started = time.monotonic()
+    tokenizer, model = load_base(base)  # converted and cached
+    converting = time.monotonic() - started
+    (folder,) = (tmp_path / "models").iterdir()
+    assert folder.name.startswith(base.stem) and (folder / "model.safetensors").is_file()
+    assert not [p for p in (tmp_path / "models").iterdir() if p.name.endswith(".tmp")]
+    started = time.monotonic()
+    cached_tokenizer, cached = load_base(base)
+    assert time.monotonic() - started < converting / 3
+    # the first call returned transformers' own conversion of the GGUF file: the reference
+    expected, got = model.state_dict(), cached.state_dict()
+    assert set(expected) == set(got) and all(torch.equal(expected[k], got[k]) for k in expected)
+    assert cached.lm_head.weight.data_ptr() == cached.model.embed_tokens.weight.data_ptr()  # still tied
+    text = tokenizer.apply_chat_template(_messages("alpha"), tokenize=False) + " ünïcödé\t\t12345"
+    assert cached_tokenizer(text)["input_ids"] == tokenizer(text)["input_ids"]
+    assert cached_tokenizer.chat_template == tokenizer.chat_template and cached_tokenizer.eos_token == tokenizer.eos_token
+    ids = torch.tensor([tokenizer(text)["input_ids"]])
+    with torch.no_grad():
+        assert torch.equal(cached(ids).logits, model(ids).logits)
+    (folder / "model.safetensors").write_bytes(b"not a model")  # e.g. a disk that filled up
+    with caplog.at_level("WARNING", logger="autoprompt.finetune._lora"):
+        _, again = load_base(base)
+    assert "does not load" in caplog.text and "converting" in caplog.text
+    assert torch.equal(again.state_dict()["model.norm.weight"], expected["model.norm.weight"])
+    assert load_base(base)[1] is not None and (folder / "model.safetensors").stat().st_size > 1e6
