@@ -163,8 +163,9 @@ def compile_training_data(
         max_traces: stop once this many examples are kept (with ``balance``: a quota of
             ``max_traces / len(task.choices)`` per label; examples of a full label are not run).
         balance: keep as many examples of every declared choice as of the rarest one that has any
-            (needs ``task.choices``; with more than ten labels see ``max_label_share``). A label with no passing example is reported in the manifest
-            (``labels.missing``) and logged; fewer than two labels with one raises ``ExportError``.
+            (needs ``task.choices``; with more than ten labels see ``max_label_share``). A label with no
+            passing example is reported in the manifest (``labels.missing``) and logged; fewer than two
+            labels with one raises ``ExportError``.
         min_label_share: with ``balance``, a label with fewer passing examples than this share of the
             most frequent label's does not set the cap: it keeps the few it has (``labels.rare``) and the
             others are balanced among themselves, as long as two or more remain to do so (else the

@@ -195,6 +195,7 @@ class LoRAFinetuner(BaseFinetuner):
         import torch
         from peft import LoraConfig, get_peft_model
         from tqdm.auto import tqdm
+
         from autoprompt.store import atomic_write, dump_json
         from autoprompt.lms import smollm2_path
 

@@ -242,48 +242,43 @@ def test_rollout_seeds_differ_per_example_and_round(small_task):
     assert rollout_seed(0, examples[0], 2) == rollout_seed(0, examples[0], 2) != rollout_seed(1, examples[0], 2)
 
 
-def test_a_rare_label_keeps_its_few_examples_and_does_not_cap_the_others():
-    """Pure logic of the balancing: 20 / 16 / 1 passing examples with min_label_share 0.1 keep 16 / 16 / 1
-    (the rare label reported), not 1 / 1 / 1; with two labels the rarest always sets the cap."""
+def _balanced(kept: dict[str, int], min_share: float = 0.1, max_share: float = 0.1):
+    """Pure logic of the balancing on ``kept`` passing examples per label: ``(kept after, rare, labels, counts)``;
+    the labels' and counts' bookkeeping (what the manifest says) matches the records kept."""
     from types import SimpleNamespace
 
     from autoprompt.export._training import _balance
 
-    def run(kept: dict[str, int], share: float, max_share: float = 0.1):
-        records = [{"label": label, "example": f"{label}{i}"} for label, n in kept.items() for i in range(n)]
-        labels = {"kept": dict(kept), "dropped_balance": {}}
-        counts = {"dropped_balance": 0, "kept_examples": sum(kept.values()), "examples": 50, "attempts": 50}
-        out, missing, rare = _balance(records, list(kept), labels, counts, SimpleNamespace(name="t"), "train", share,
-                                      max_share)
-        got = {label: sum(r["label"] == label for r in out) for label in kept}
-        return got, rare, labels, counts
+    records = [{"label": label, "example": f"{label}{i}"} for label, n in kept.items() for i in range(n)]
+    labels = {"kept": dict(kept), "dropped_balance": {}}
+    counts = {"dropped_balance": 0, "kept_examples": sum(kept.values()), "examples": 50, "attempts": 50}
+    out, _, rare = _balance(records, list(kept), labels, counts, SimpleNamespace(name="t"), "train", min_share,
+                            max_share)
+    got = {label: sum(r["label"] == label for r in out) for label in kept}
+    assert got == labels["kept"] and counts["kept_examples"] == len(out)
+    return got, rare, labels, counts
 
-    got, rare, labels, counts = run({"setosa": 20, "versicolor": 16, "virginica": 1}, 0.1)
+
+def test_a_rare_label_keeps_its_few_examples_and_does_not_cap_the_others():
+    """20 / 16 / 1 passing examples with min_label_share 0.1 keep 16 / 16 / 1 (the rare label reported), not
+    1 / 1 / 1; with two labels the rarest always sets the cap."""
+    got, rare, labels, counts = _balanced({"setosa": 20, "versicolor": 16, "virginica": 1}, 0.1)
     assert got == {"setosa": 16, "versicolor": 16, "virginica": 1} and rare == ["virginica"]
     assert labels["dropped_balance"] == {"setosa": 4} and counts["kept_examples"] == 33
-    assert run({"setosa": 20, "versicolor": 16, "virginica": 1}, 0.0)[0] == {"setosa": 1, "versicolor": 1,
-                                                                            "virginica": 1}
-    assert run({"positive": 500, "negative": 20}, 0.1)[:2] == ({"positive": 20, "negative": 20}, [])  # two labels
+    assert _balanced({"setosa": 20, "versicolor": 16, "virginica": 1}, 0.0)[0] == {"setosa": 1, "versicolor": 1,
+                                                                                  "virginica": 1}
+    assert _balanced({"positive": 500, "negative": 20}, 0.1)[:2] == ({"positive": 20, "negative": 20}, [])
 
 
 def test_many_labels_are_cut_only_as_far_as_no_label_dominates():
-    """Pure logic: with max_label_share 0.1, ten labels or fewer balance exactly (the Iris and SST-2 cells'
-    counts give what they gave); Banking77's zero-shot traces (seed 0's histogram: 61 intents, 1 to 10 each,
-    242 in all) keep all 242 instead of 61; a lopsided many-label set is cut until its largest label holds
-    at most a tenth of the data; max_label_share=0 is exact balance at any number of labels."""
-    from types import SimpleNamespace
+    """With max_label_share 0.1, ten labels or fewer balance exactly (the Iris and SST-2 cells' counts give
+    what they gave); Banking77's zero-shot traces (seed 0's histogram: 61 intents, 1 to 10 each, 242 in all)
+    keep all 242 instead of 61; a lopsided many-label set is cut until its largest label holds at most a
+    tenth of the data; max_label_share=0 is exact balance at any number of labels."""
+    from autoprompt.export._training import _cap
 
-    from autoprompt.export._training import _balance, _cap
-
-    def run(kept: dict[str, int], max_share: float = 0.1, min_share: float = 0.1):
-        records = [{"label": label, "example": f"{label}{i}"} for label, n in kept.items() for i in range(n)]
-        labels = {"kept": dict(kept), "dropped_balance": {}}
-        counts = {"dropped_balance": 0, "kept_examples": sum(kept.values()), "examples": 50, "attempts": 50}
-        out, _, _ = _balance(records, list(kept), labels, counts, SimpleNamespace(name="t"), "train", min_share,
-                             max_share)
-        got = {label: sum(r["label"] == label for r in out) for label in kept}
-        assert got == labels["kept"] and counts["kept_examples"] == len(out)  # the manifest says what was kept
-        return got
+    def run(kept: dict[str, int], max_share: float = 0.1) -> dict[str, int]:
+        return _balanced(kept, 0.1, max_share)[0]
 
     # ten labels or fewer: exact balance, as before (counts of the committed Iris/SST-2 cells)
     assert run({"setosa": 19, "versicolor": 7, "virginica": 12}) == {"setosa": 7, "versicolor": 7, "virginica": 7}

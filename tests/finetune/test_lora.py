@@ -254,7 +254,8 @@ def test_the_base_model_is_converted_once_then_loaded_with_the_same_weights_and_
     assert cached.lm_head.weight.data_ptr() == cached.model.embed_tokens.weight.data_ptr()  # still tied
     text = tokenizer.apply_chat_template(_messages("alpha"), tokenize=False) + " ünïcödé\t\t12345"
     assert cached_tokenizer(text)["input_ids"] == tokenizer(text)["input_ids"]
-    assert cached_tokenizer.chat_template == tokenizer.chat_template and cached_tokenizer.eos_token == tokenizer.eos_token
+    assert cached_tokenizer.chat_template == tokenizer.chat_template
+    assert cached_tokenizer.eos_token == tokenizer.eos_token
     ids = torch.tensor([tokenizer(text)["input_ids"]])
     with torch.no_grad():
         assert torch.equal(cached(ids).logits, model(ids).logits)
