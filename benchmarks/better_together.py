@@ -154,10 +154,14 @@ def run_dspy(task_name: str, seed: int, command: str) -> None:
     lm = dspy_lm()
     student = task.make_program()
     student.set_lm(lm)
+    # the same budget as autoprompt's p: BFRS scores its 3 fixed candidates (zero-shot, labelled demos,
+    # unshuffled bootstrap) and num_candidate_programs random ones on the whole validation set, so a p step
+    # costs (3 + n) x len(devset) calls plus its bootstrapping; n is the largest that fits in settings["calls"]
+    candidates = max(0, settings["calls"] // len(devset) - 3)
     optimizer = dspy.BetterTogether(
         metric,
         p=dspy.BootstrapFewShotWithRandomSearch(metric, max_bootstrapped_demos=4, max_labeled_demos=4,
-                                                num_candidate_programs=6, num_threads=1),
+                                                num_candidate_programs=candidates, num_threads=1),
         w=dspy.BootstrapFinetune(metric, train_kwargs={"seed": seed, "output_dir": str(run_dir / "lora")}),
     )
     started = time.monotonic()
@@ -171,7 +175,7 @@ def run_dspy(task_name: str, seed: int, command: str) -> None:
                    for s, e in scores.items()},
         "seconds": round(time.monotonic() - started, 1),
         "details": {"candidates": [{"strategy": c["strategy"], "dev": c["score"]} for c in compiled.candidate_programs],
-                    "lm_calls": len(lm.history)},
+                    "lm_calls": len(lm.history), "num_candidate_programs": candidates},
         "lm": "local + LoRA adapter (DSPy BootstrapFinetune)", "settings": settings, "command": command,
         "cache": "own LM cache, empty at its start",
     })

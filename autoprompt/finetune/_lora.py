@@ -22,6 +22,7 @@ Needs the ``finetune`` extra: ``pip install 'autoprompt[finetune]'`` (torch, tra
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -650,6 +651,13 @@ def load_base(base: Path) -> tuple[Any, Any]:
 
 
 def _sha256(path: Path) -> str:
+    """The file's SHA-256, read once per (path, size, mtime): the manifest and the model cache both ask."""
+    stat = Path(path).stat()
+    return _sha256_of(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
