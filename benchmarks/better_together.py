@@ -216,7 +216,11 @@ def report() -> str:
         "previous w recipe (greedy traces only, LoRA learning rate 1e-3), kept "
         "for comparison; `shared-seed` = cells of the sampling rounds as first committed (one seed per round for "
         "every example, a bug fixed since; lr 3e-3); `rounds-N` = w with max_rounds=N; `gold` = w on gold labels (the recipe's ceiling "
-        "at that data size; its sentiment seed-0 cells used learning rate 1e-3).",
+        "at that data size; its sentiment seed-0 cells used learning rate 1e-3); `traces-N` = w alone on N "
+        "traces; `dspy` = DSPy's own `dspy.BetterTogether` p -> w -> p (p = BootstrapFewShotWithRandomSearch "
+        "with as many candidate programs as fit the p cap in LM calls on the dev rows; w = BootstrapFinetune, "
+        "DSPy's passing traces of max_traces train rows as they come, unbalanced, fine-tuned by autoprompt's "
+        "LoRA through `autoprompt.finetune.dspy_lm`; DSPy's ChatAdapter; the best of its candidates on dev).",
         "",
     ]
     for task in sorted({c["task"] for c in cells}):
