@@ -9,6 +9,7 @@ train examples). Its LM cache is its own, empty when it starts. The decide run f
 The report lands in ``benchmarks/results/decide/<task>/``:
 
     .venv/bin/python benchmarks/decide.py --task sentiment --seed 0
+    .venv/bin/python benchmarks/decide.py --task banking77 --seed 0
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ RUNS = HERE / "runs"
 SETTINGS = {
     "sentiment": {"dev_limit": 200, "calls": 600, "max_traces": 1000, "data_sizes": (50, 200), "reuse": True},
     "iris": {"dev_limit": None, "calls": 400, "max_traces": None, "data_sizes": (20,), "reuse": True},
+    # the BetterTogether benchmark's Banking77 rows: 154 dev / 231 test (seeded, 2 and 3 per intent); the
+    # data curve at 3 and 10 train examples per intent
+    "banking77": {"dev_limit": 154, "test_limit": 231, "calls": 600, "max_traces": 770, "data_sizes": (231, 770),
+                  "reuse": True},
 }
 
 
@@ -70,6 +75,7 @@ def main() -> None:
     decision = autoprompt.decide(
         task, calls=s["calls"], max_traces=s["max_traces"], data_sizes=s["data_sizes"], reuse=reuse,
         seed=args.seed, run_dir=run_dir, resume=(run_dir / "config.json").is_file(), dev_limit=s["dev_limit"],
+        test_limit=s.get("test_limit"),
         prices={"input": 0.15, "output": 0.60, "train_hour": 2.0}, progress=False,
     )
     out = RESULTS / args.task
