@@ -62,6 +62,18 @@ class CompactJSONAdapter(dspy.JSONAdapter):
                                           f"`{name}` (one of the values listed for it above)")
         return message
 
+    def format_finetune_data(self, signature: type[dspy.Signature], demos: list[dict[str, Any]],
+                             inputs: dict[str, Any], outputs: dict[str, Any]) -> dict[str, list[Any]]:
+        """One chat record to fine-tune on: the messages this adapter sends for ``inputs``, then ``outputs``
+        as the JSON answer it parses.
+
+        DSPy's ``JSONAdapter`` leaves this method unimplemented (``NotImplementedError``), which stops
+        ``dspy.BootstrapFinetune`` (and the ``w`` of ``dspy.BetterTogether``) under a JSON adapter. It is
+        ``ChatAdapter``'s method (the adapter's messages plus its assistant message), so the records are the
+        ones :func:`autoprompt.export.compile_training_data` writes.
+        """
+        return dspy.ChatAdapter.format_finetune_data(self, signature, demos, inputs, outputs)
+
 
 def adapter_named(name: str | None) -> dspy.JSONAdapter:
     """The adapter a prompt document names (``None``: autoprompt's), to render what was scored."""

@@ -542,11 +542,9 @@ def _add(records: list, seen: set, counts: dict, adapter: Any, predictor: Any, n
          outputs: dict, keep_demos: bool, dedupe: bool, label: str | None = None) -> None:
     """One training record: the messages the adapter sends for ``inputs`` and the answer ``outputs``."""
     demos = [d.toDict() if hasattr(d, "toDict") else dict(d) for d in demos_for(predictor, inputs)] if keep_demos else []
-    # JSONAdapter has no format_finetune_data: the same two calls ChatAdapter's makes
-    messages = adapter.format(predictor.signature, demos, inputs) + [{
-        "role": "assistant",
-        "content": adapter.format_assistant_message_content(predictor.signature, outputs),
-    }]
+    # ChatAdapter's record (the adapter's messages + its assistant message) for any adapter: DSPy's JSONAdapter
+    # (older prompt documents) does not implement format_finetune_data; CompactJSONAdapter's is this one
+    messages = dspy.ChatAdapter.format_finetune_data(adapter, predictor.signature, demos, inputs, outputs)["messages"]
     key = hashlib.sha256(json.dumps(messages, sort_keys=True, default=str).encode()).hexdigest()
     if dedupe and key in seen:
         counts["duplicates"] += 1

@@ -1,0 +1,150 @@
+"""How many epochs a ``w`` step needs (issue 8, items 2 and 3): refit a BetterTogether step's own traces.
+
+A ``w`` step's LoRA trains 2 epochs by default (more on small data: at least ``min_steps``). Most of
+that time buys little on SST-2's 1000 traces: the validation accuracy after one epoch was within 2
+points of the best point of two on four of five steps. Whether one epoch costs *test* accuracy is what
+this script measures. It takes a finished ``w`` step of ``benchmarks/better_together.py`` (its run
+folder under ``benchmarks/runs/``: the traces it trained on in ``data/``, its program in
+``prompt.json``), trains the LoRA again on the same traces with the same seed and another recipe, and
+scores the step's program on the new adapter on dev and test. The reference is the step's own cell in
+``benchmarks/results/better_together/`` (same data, same seed, the default recipe).
+
+Each cell (task, seed, step, recipe) is written to ``benchmarks/results/lora_epochs/`` as it finishes
+and a rerun skips it; every cell scores with its own empty LM cache. ``--report`` writes
+``lora_epochs.md``:
+
+    .venv/bin/python benchmarks/lora_epochs.py --task sentiment --seed 2 --steps w p-w
+    .venv/bin/python benchmarks/lora_epochs.py --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+from _common import code_version, write_markdown  # noqa: E402
+
+CELLS = HERE / "results" / "lora_epochs"
+RUNS = HERE / "runs"
+REFERENCE = HERE / "results" / "better_together"
+#: recipe name -> LoRAFinetuner options (the rest: the w step's defaults)
+RECIPES: dict[str, dict[str, Any]] = {
+    "e1": {"epochs": 1},
+}
+
+
+def load_data(folder: Path) -> Any:
+    """The traces a w step saved (``data/train.jsonl``, ``val.jsonl``, ``manifest.json``) as TrainingData."""
+    from autoprompt.export import TrainingData
+
+    def rows(name: str) -> list[dict[str, Any]]:
+        path = folder / name
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    return TrainingData(rows("train.jsonl"), rows("val.jsonl"), manifest.get("counts", {}), manifest)
+
+
+def run_cell(task_name: str, seed: int, step: str, recipe: str, command: str) -> None:
+    import dspy
+
+    import autoprompt
+    from autoprompt.evaluate import evaluate_program
+    from autoprompt.export import load_prompt
+    from autoprompt.finetune import LoRAFinetuner
+    from autoprompt.store import atomic_write, dump_json
+
+    path = CELLS / task_name / f"s{seed}" / f"{step}-{recipe}.json"
+    if path.is_file():
+        return
+    reference = json.loads((REFERENCE / task_name / f"s{seed}" / "autoprompt" / f"{step}.json").read_text())
+    source = RUNS / f"{task_name}-s{seed}-autoprompt" / "steps" / step
+    if not (source / "data" / "train.jsonl").is_file():
+        raise SystemExit(f"{source}/data/train.jsonl not found: run `python benchmarks/better_together.py --task "
+                         f"{task_name} --seeds {seed}` first (its run folder holds the traces)")
+    task = autoprompt.load_task(str(ROOT / "tasks" / f"{task_name}.py"))
+    data = load_data(source / "data")
+    program = load_prompt(source / "prompt.json", task)
+    folder = RUNS / "lora-epochs" / task_name / f"s{seed}" / f"{step}-{recipe}"
+    shutil.rmtree(folder, ignore_errors=True)
+    autoprompt.configure_cache(folder / "cache")  # empty: the cell scores with its own cache
+    started = time.monotonic()
+    tuned = LoRAFinetuner(seed=seed, progress=False, **RECIPES[recipe]).finetune(data, folder / "model")
+    train_seconds = time.monotonic() - started
+    settings = reference["settings"]
+    scores = {}
+    with dspy.context(lm=tuned.lm(), adapter=autoprompt.CompactJSONAdapter()):
+        for split in ("dev", "test"):
+            e = evaluate_program(program, task, split, limit=settings[f"{split}_limit"], progress=False)
+            scores[split] = {"score": e.score, "n": e.n, "parse_failures": e.parse_failures, "errors": e.errors}
+    m = tuned.metrics
+    ref = reference["details"]["finetune"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, dump_json({
+        "task": task_name, "seed": seed, "step": step, "recipe": recipe, "options": RECIPES[recipe],
+        "train_rows": len(data.train), "val_rows": len(data.val), "scores": scores,
+        "finetune_seconds": round(train_seconds, 1),
+        "finetune": {k: m.get(k) for k in ("steps", "planned_steps", "best", "evals", "epochs", "tokens_per_second",
+                                            "train_seconds", "validation_seconds", "train_tokens", "dtype")},
+        "reference": {"code": reference["code"], "scores": {s: reference["scores"][s]["score"] for s in scores},
+                      "finetune_seconds": ref.get("seconds"), "steps": ref.get("steps"), "epochs": ref.get("epochs"),
+                      "best": ref.get("best"), "tokens_per_second": ref.get("tokens_per_second")},
+        "code": code_version(), "cache": "own LM cache, empty at its start", "command": command,
+    }))
+    shutil.rmtree(folder, ignore_errors=True)  # the adapter is not needed once scored
+    print(f"{task_name} s{seed} {step} {recipe}: dev {100 * scores['dev']['score']:.1f} test "
+          f"{100 * scores['test']['score']:.1f} ({train_seconds / 60:.1f} min fine-tuning); reference "
+          f"{100 * reference['scores']['test']['score']:.1f} test", flush=True)
+
+
+def report() -> str:
+    cells = [json.loads(p.read_text()) for p in sorted(CELLS.glob("*/s*/*.json"))]
+    rows = []
+    for c in cells:
+        ref, f = c["reference"], c["finetune"]
+        rows.append([c["task"], str(c["seed"]), c["step"], str(c["train_rows"]),
+                     f"{ref['epochs']} ({ref['steps']} steps, best {(ref['best'] or {}).get('step')})",
+                     f"{100 * ref['scores']['dev']:.1f}", f"{100 * ref['scores']['test']:.1f}",
+                     f"{(ref['finetune_seconds'] or 0) / 60:.1f}",
+                     f"{c['recipe']}: {f['epochs']} ({f['steps']} steps, best {(f['best'] or {}).get('step')})",
+                     f"{100 * c['scores']['dev']['score']:.1f}", f"{100 * c['scores']['test']['score']:.1f}",
+                     f"{c['finetune_seconds'] / 60:.1f}"])
+    notes = ("A finished BetterTogether `w` step's traces (its `data/` folder) trained again with the same seed and "
+             "another LoRA recipe; the step's program scored on the new adapter (dev 200 rows, test: the cell's "
+             "test rows), each cell with its own empty LM cache. 'reference' = the step's own cell in "
+             "`better_together.md` (the default recipe, same data and seed). 'fine-tune min' includes the "
+             "validation points (decoding the held-back traces with the served adapter); the machine of the "
+             "refits may differ in speed from the reference's (compare `tokens_per_second` in the cells).")
+    return write_markdown(HERE / "results" / "lora_epochs.md", "LoRA epochs of a w step: refits of its traces",
+                          notes, ["task", "seed", "step", "train rows", "reference epochs", "ref dev", "ref test",
+                                  "ref fine-tune min", "recipe epochs", "dev", "test", "fine-tune min"], rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="sentiment")
+    parser.add_argument("--seed", type=int, default=2)
+    parser.add_argument("--steps", nargs="+", default=["w", "p-w"], help="w steps of the run (folder names)")
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--report", action="store_true", help="only rebuild lora_epochs.md from the cells")
+    args = parser.parse_args()
+    if not args.report:
+        command = "python " + " ".join(sys.argv)
+        for step in args.steps:
+            for recipe in args.recipes:
+                run_cell(args.task, args.seed, step, recipe, command)
+    print(report())
+
+
+if __name__ == "__main__":
+    main()
