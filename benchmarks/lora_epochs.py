@@ -115,22 +115,25 @@ def report() -> str:
     rows = []
     for c in cells:
         ref, f = c["reference"], c["finetune"]
-        rows.append([c["task"], str(c["seed"]), c["step"], str(c["train_rows"]),
-                     f"{ref['epochs']} ({ref['steps']} steps, best {(ref['best'] or {}).get('step')})",
-                     f"{100 * ref['scores']['dev']:.1f}", f"{100 * ref['scores']['test']:.1f}",
-                     f"{(ref['finetune_seconds'] or 0) / 60:.1f}",
-                     f"{c['recipe']}: {f['epochs']} ({f['steps']} steps, best {(f['best'] or {}).get('step')})",
-                     f"{100 * c['scores']['dev']['score']:.1f}", f"{100 * c['scores']['test']['score']:.1f}",
-                     f"{c['finetune_seconds'] / 60:.1f}"])
+        per_epoch = -(-c["train_rows"] // 8)  # the default batch_size
+        for name, steps, best, dev, test, seconds, speed in (
+                (f"default ({ref['code']})", ref["steps"], ref["best"], ref["scores"]["dev"], ref["scores"]["test"],
+                 ref["finetune_seconds"], ref["tokens_per_second"]),
+                (f"{c['recipe']}: {c['options']} ({c['code']})", f["steps"], f["best"], c["scores"]["dev"]["score"],
+                 c["scores"]["test"]["score"], c["finetune_seconds"], f["tokens_per_second"])):
+            rows.append([c["task"], str(c["seed"]), c["step"], str(c["train_rows"]), name,
+                         f"{steps} ({steps / per_epoch:.2f} epochs), best {(best or {}).get('step')}",
+                         f"{100 * dev:.1f}", f"{100 * test:.1f}", f"{(seconds or 0) / 60:.1f}", f"{speed:.0f}"])
     notes = ("A finished BetterTogether `w` step's traces (its `data/` folder) trained again with the same seed and "
              "another LoRA recipe; the step's program scored on the new adapter (dev 200 rows, test: the cell's "
-             "test rows), each cell with its own empty LM cache. 'reference' = the step's own cell in "
-             "`better_together.md` (the default recipe, same data and seed). 'fine-tune min' includes the "
-             "validation points (decoding the held-back traces with the served adapter); the machine of the "
-             "refits may differ in speed from the reference's (compare `tokens_per_second` in the cells).")
-    return write_markdown(HERE / "results" / "lora_epochs.md", "LoRA epochs of a w step: refits of its traces",
-                          notes, ["task", "seed", "step", "train rows", "reference epochs", "ref dev", "ref test",
-                                  "ref fine-tune min", "recipe epochs", "dev", "test", "fine-tune min"], rows)
+             "test rows), each cell with its own empty LM cache. 'default' = the step's own cell in "
+             "`better_together.md` (the default recipe, same data and seed; the commit it ran). 'fine-tune min' "
+             "includes the validation points (decoding the held-back traces with the served adapter); the refits "
+             "ran on a machine of another speed than the reference (tokens/s beside it), so compare steps, "
+             "not minutes.")
+    return write_markdown(HERE / "results" / "lora_epochs.md", "LoRA steps of a w step: refits of its traces",
+                          notes, ["task", "seed", "step", "train rows", "recipe", "steps", "dev", "test",
+                                  "fine-tune min", "tokens/s"], rows)
 
 
 def main() -> None:
