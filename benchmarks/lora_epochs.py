@@ -3,9 +3,9 @@
 A ``w`` step's LoRA trains 2 epochs by default (more on small data: at least ``min_steps``, 150). Most
 of that time buys little on SST-2's 1000 traces: the validation accuracy after one epoch was within 2
 points of the best point of two on four of five steps. Whether stopping at the 150-step floor (or at one
-epoch) costs *test* accuracy is what this script measures. It takes a finished ``w`` step of ``benchmarks/better_together.py`` (its run
-folder under ``benchmarks/runs/``: the traces it trained on in ``data/``, its program in
-``prompt.json``), trains the LoRA again on the same traces with the same seed and another recipe, and
+epoch) costs *test* accuracy is what this script measures. It takes a finished ``w`` step of
+``benchmarks/better_together.py`` (its run folder under ``benchmarks/runs/``: the traces it trained on in
+``data/``, its program in ``prompt.json``), trains the LoRA again on the same traces with the same seed and another recipe, and
 scores the step's program on the new adapter on dev and test. The reference is the step's own cell in
 ``benchmarks/results/better_together/`` (same data, same seed, the default recipe).
 
@@ -111,11 +111,14 @@ def run_cell(task_name: str, seed: int, step: str, recipe: str, command: str) ->
 
 
 def report() -> str:
+    from autoprompt.finetune import LoRAFinetuner
+
     cells = [json.loads(p.read_text()) for p in sorted(CELLS.glob("*/s*/*.json"))]
+    batch = LoRAFinetuner(progress=False).batch_size  # no recipe changes it: steps per epoch
     rows = []
     for c in cells:
         ref, f = c["reference"], c["finetune"]
-        per_epoch = -(-c["train_rows"] // 8)  # the default batch_size
+        per_epoch = -(-c["train_rows"] // batch)
         for name, steps, best, dev, test, seconds, speed in (
                 (f"default ({ref['code']})", ref["steps"], ref["best"], ref["scores"]["dev"], ref["scores"]["test"],
                  ref["finetune_seconds"], ref["tokens_per_second"]),
