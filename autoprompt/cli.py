@@ -203,7 +203,8 @@ def _cmd_export_data(args: argparse.Namespace) -> int:
                                      keep_demos=args.keep_demos, dedupe=not args.no_dedupe,
                                      val_fraction=args.val_fraction, limit=args.limit, seed=config["seed"],
                                      answers=args.answers, max_rounds=args.max_rounds,
-                                     max_attempts=args.max_attempts, source=str(prompt), progress=not args.no_progress)
+                                     max_attempts=args.max_attempts, retry_calibration=args.retry_calibration,
+                                     source=str(prompt), progress=not args.no_progress)
     out = Path(args.output)
     parts = data.by_predictor() if args.per_predictor else {None: data}
     for name, part in parts.items():
@@ -465,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attempts per example: failing greedy answers are sampled again at temperature 1.0")
     p.add_argument("--max-attempts", type=int, default=None,
                    help="stop after this many program runs and keep what passed so far (default: no cap)")
+    p.add_argument("--retry-calibration", type=float, default=0.0, metavar="STRENGTH",
+                   help="rounds after the first run with the label choice calibrated, the second greedily "
+                        "(0: off; 1: full correction)")
     p.add_argument("--cache-dir")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_export_data)

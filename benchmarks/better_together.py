@@ -10,6 +10,8 @@ A cell is (task, seed, side, strategy). Sides:
 - ``traces-N``: ``w`` alone with ``max_traces=N`` (the data curve: test score vs number of traces);
 - ``rounds-N``: every strategy with ``WeightStep(max_rounds=N)`` (``rounds-1``: traces from the program's
   greedy answers only, the recipe before sampling rounds became the default; the ablation of ``max_rounds``);
+- ``calibrated``: every strategy with ``WeightStep(retry_calibration=1.0)`` (the retry rounds of tracing run
+  the program with its label choice calibrated, the second one greedily: fewer program runs per kept trace);
 - ``dspy``: DSPy's own ``dspy.BetterTogether`` (BootstrapFewShotWithRandomSearch + BootstrapFinetune)
   fine-tuning the same model through :func:`autoprompt.finetune.dspy_lm`, strategy p -> w -> p.
 
@@ -103,6 +105,8 @@ def run_side(task_name: str, seed: int, side: str, strategies: list[str], comman
         steps, wanted = {"g": WeightStep(max_traces=settings["max_traces"], answers="gold")}, ["g"]
     elif side.startswith("traces-"):
         steps, wanted = {"w": WeightStep(max_traces=int(side.split("-")[1]))}, ["w"]
+    elif side == "calibrated":
+        steps = {"w": WeightStep(max_traces=settings["max_traces"], retry_calibration=1.0)}
     elif side.startswith("rounds-"):
         steps = {"w": WeightStep(max_traces=settings["max_traces"], max_rounds=int(side.split("-")[1]))}
     else:

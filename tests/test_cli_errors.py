@@ -120,6 +120,8 @@ CATALOGUE = [
      ["min_label_share", "[0, 1]"]),
     ("many-label share", ["better-together", str(SENTIMENT), "--data-option", "max_label_share=-0.5"],
      ["max_label_share", "[0, 1]", "-0.5"]),
+    ("retry calibration strength", ["better-together", str(SENTIMENT), "--data-option", "retry_calibration=3"],
+     ["retry_calibration", "[0, 1]", "3"]),
     ("bad finetune option", ["better-together", str(SENTIMENT), "--finetune-option", "rnk=4"], ["rnk", "rank"]),
     ("unknown flag", ["optimize", str(SENTIMENT), "--dev-limt", "5"], ["--dev-limt"]),
     # prompt files

@@ -189,7 +189,7 @@ class WeightStep(BaseStep):
                 raise ExportError(f"data option {name} must be an integer >= {low}, got {value!r}")
         if not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
             raise ExportError(f"data option val_fraction must be in [0, 1), got {val_fraction!r}")
-        for name in ("min_label_share", "max_label_share"):
+        for name in ("min_label_share", "max_label_share", "retry_calibration"):
             share = data_options.get(name, 0.0)
             if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
                 raise ExportError(f"data option {name} must be in [0, 1], got {share!r}")

@@ -147,6 +147,7 @@ def compile_training_data(
     max_rounds: int = 1,
     extra_rounds: int = 0,
     max_attempts: int | None = None,
+    retry_calibration: float = 0.0,
     min_label_share: float = 0.1,
     max_label_share: float = 0.1,
     progress: bool = True,
@@ -200,6 +201,16 @@ def compile_training_data(
             unvisited. A program right on few examples of most labels (the zero-shot 135M model on Banking77's
             77 intents) would otherwise run every example of those labels ``max_rounds`` times and more:
             hours. ``None``: no cap. The calls already in flight finish (at most ``2 x`` the LM's concurrency).
+        retry_calibration: with a strength ``> 0``, the rounds after the first (sampled and extra rounds)
+            run the program with its label choice calibrated (:func:`autoprompt._calibration.label_bias` at
+            this strength, measured once per predictor on content-free inputs; predictors that already carry
+            a ``logit_bias`` keep theirs), and the second round answers greedily instead of sampling. A
+            program that names one label for nearly every input fails round 1 on most examples of the
+            others; the calibrated greedy answer is their likeliest label relative to the model's prior,
+            where a sampled answer finds it a few times in a hundred. The bias is a tracing device only:
+            the records are the program's prompts and the passing answers, as for any round, and the
+            manifest keeps the bias (``retry_bias``). Needs the embedded llama.cpp engine and labels with
+            distinct first tokens; otherwise it is logged and the rounds sample as without it.
         source: where the program came from (a prompt file, a run), for the manifest.
         answers: ``"program"`` (BetterTogether: the program's own answers, kept when the metric
             passes) or ``"gold"`` (the split's labels as the answers to the program's prompts, no
@@ -232,8 +243,16 @@ def compile_training_data(
     if balance and choices is None:
         logger.warning("balance=True needs declared choices (a Literal label); task %r has none: not balancing",
                        task.name)
+    if isinstance(retry_calibration, bool) or not isinstance(retry_calibration, (int, float)) \
+            or not 0.0 <= retry_calibration <= 1.0:
+        raise ExportError(f"retry_calibration must be a strength in [0, 1], got {retry_calibration!r}")
     adapter = CompactJSONAdapter()
     names = {id(p): n for n, p in program.named_predictors()}
+    retry_program, retry_bias = None, {}
+    if retry_calibration and answers == "program" and (max_rounds > 1 or extra_rounds):
+        retry_program, retry_bias = _calibrated(program, task, float(retry_calibration))
+        if retry_program is not None:
+            names.update({id(p): n for n, p in retry_program.named_predictors()})
     counts = {"examples": 0, "kept_examples": 0, "dropped_metric": 0, "dropped_parse": 0, "dropped_error": 0,
               "dropped_balance": 0, "skipped_quota": 0, "records": 0, "duplicates": 0, "attempts": 0,
               "speculative_attempts": 0, "unvisited": 0}
@@ -259,7 +278,9 @@ def compile_training_data(
             return None
         trace, failure, passed, round_ = [], None, False, first - 1
         for round_ in range(first, last + 1):
-            trace, failure, passed = _attempt(program, example, task, adapter, threshold, round_, seed)
+            trace, failure, passed = _attempt(program if round_ == 1 or retry_program is None else retry_program,
+                                              example, task, adapter, threshold, round_, seed,
+                                              sample=round_ > (1 if retry_program is None else 2))
             if passed:
                 break
         return trace, failure, passed, round_
@@ -365,8 +386,10 @@ def compile_training_data(
         "options": {"keep_demos": keep_demos, "dedupe": dedupe, "val_fraction": val_fraction, "limit": limit,
                     "seed": seed, "answers": answers, "max_traces": max_traces, "balance": balance,
                     "max_rounds": max_rounds, "extra_rounds": extra_rounds, "max_attempts": max_attempts,
-                    "min_label_share": min_label_share, "max_label_share": max_label_share},
+                    "min_label_share": min_label_share, "max_label_share": max_label_share,
+                    "retry_calibration": retry_calibration},
         "counts": counts,
+        "retry_bias": retry_bias,
         "labels": {**{k: dict(sorted(v.items())) for k, v in labels.items()}, "missing": missing, "rare": rare},
     }
     logger.info("training data: %s", counts)
@@ -427,11 +450,37 @@ def rollout_seed(seed: int, example: Any, round_: int) -> int:
     return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
 
 
+def _calibrated(program: dspy.Module, task: Any, strength: float) -> tuple[dspy.Module | None, dict[str, dict]]:
+    """A copy of ``program`` whose label-choosing predictors carry a calibrating ``logit_bias`` (see
+    ``compile_training_data(retry_calibration=)``), and the biases by predictor; ``(None, {})`` when no
+    predictor could be calibrated (logged)."""
+    from autoprompt._calibration import label_bias
+
+    choices = [str(c) for c in task.choices or ()]
+    copy = program.deepcopy()
+    biases: dict[str, dict] = {}
+    for name, predictor in copy.named_predictors():
+        if "logit_bias" in (predictor.config or {}):
+            continue  # calibrated already (a p step's choice): the retries run it as it is
+        bias = label_bias(predictor, field=task.label_field, choices=choices, strength=strength)
+        if bias is not None:
+            predictor.config = {**predictor.config, "logit_bias": bias}
+            biases[name] = bias
+    if not biases:
+        logger.info("training data: retry_calibration has no label choice to calibrate (needs the embedded engine, "
+                    "declared choices with distinct first tokens); the retry rounds sample as without it")
+        return None, {}
+    logger.info("training data: retry rounds calibrated with logit_bias %s", biases)
+    return copy, biases
+
+
 def _attempt(program: dspy.Module, example: Any, task: Any, adapter: Any, threshold: float, round_: int,
-             seed: int) -> tuple[list, str | None, bool]:
-    """One run of ``program`` with tracing: ``(trace, failure, passed)``; rounds after the first sample."""
+             seed: int, sample: bool | None = None) -> tuple[list, str | None, bool]:
+    """One run of ``program`` with tracing: ``(trace, failure, passed)``; ``sample`` (default: rounds after
+    the first) draws a fresh rollout at temperature 1.0, seeded by the example and round."""
     settings: dict[str, Any] = {"trace": [], "adapter": adapter}
-    if round_ > 1:  # DSPy's bootstrap rounds: a fresh rollout at temperature 1.0 (seeded, so reproducible),
+    if sample if sample is not None else round_ > 1:
+        # DSPy's bootstrap rounds: a fresh rollout at temperature 1.0 (seeded, so reproducible),
         # from the whole distribution (top_p=1.0; the local engine then turns llama.cpp's top-k/min-p cuts off)
         if dspy.settings.lm is None:
             raise ExportError("max_rounds > 1 samples from the current DSPy LM; none is configured")

@@ -221,6 +221,45 @@ def test_rounds_sample_again_where_the_greedy_answer_fails(lm, small_task):
         compile_training_data(program, small_task, max_rounds=0)
 
 
+def test_retry_calibration_answers_the_second_round_greedily_with_the_calibrated_choice(lm, small_task, caplog):
+    """retry_calibration: round 2 runs the program with its label choice calibrated (the bias measured on
+    content-free inputs, kept in the manifest), greedily; a failing first answer passes there exactly when the
+    calibrated program answers the gold label. The records stay the program's own prompts and gold answers."""
+    from autoprompt._calibration import label_bias
+    from autoprompt.evaluate import evaluate_program
+
+    program = small_task.make_program()
+    with dspy.context(lm=lm):
+        data = compile_training_data(program, small_task, max_rounds=2, retry_calibration=1.0, progress=False)
+        bias = label_bias(program.predictors()[0], field="label", choices=["positive", "negative"], lm=lm)
+        plain = evaluate_program(program, small_task, "train", progress=False)
+        calibrated = program.deepcopy()
+        calibrated.predictors()[0].config = {"logit_bias": bias}
+        fixed = evaluate_program(calibrated, small_task, "train", progress=False)
+    assert data.manifest["retry_bias"] == {"predict": bias} or list(data.manifest["retry_bias"].values()) == [bias]
+    assert data.manifest["options"]["retry_calibration"] == 1.0
+    right = lambda e: [r["predicted"] == r["gold"] for r in e.records]  # noqa: E731
+    first, second = right(plain), right(fixed)
+    assert data.counts["kept_by_round"] == {"1": sum(first), "2": sum(b and not a for a, b in zip(first, second))}
+    assert data.counts["kept_by_round"]["2"] > 0  # the zero-shot 135M model's negatives, rescued greedily
+    assert data.counts["attempts"] == 40 + 40 - sum(first)  # one greedy retry per failing example, no sampling
+    gold = {e.text: e.label for e in small_task.examples("train")}
+    for r in data.train:  # the program's prompt (no bias in it) and the gold answer
+        text = r["messages"][1]["content"].split("[[ ## text ## ]]\n", 1)[1].split("\n\n", 1)[0]
+        assert json.loads(r["messages"][-1]["content"])["label"] == gold[text]
+    assert program.predictors()[0].config.get("logit_bias") is None  # the caller's program is untouched
+
+    # not offered where it cannot be measured (an LM other than the embedded engine): logged, rounds sample
+    from dspy.utils.dummies import DummyLM
+
+    with caplog.at_level("INFO", logger="autoprompt.export._training"), \
+            dspy.context(lm=DummyLM([{"label": "positive"}] * 200, adapter=dspy.JSONAdapter())):
+        other = compile_training_data(program, small_task, max_rounds=2, retry_calibration=1.0, progress=False)
+    assert other.manifest["retry_bias"] == {} and "no label choice to calibrate" in caplog.text
+    with pytest.raises(ExportError, match="retry_calibration must be a strength in \\[0, 1\\], got 2"):
+        compile_training_data(program, small_task, retry_calibration=2)
+
+
 def test_dedupe_removes_repeated_rows(small_task):
     """A train split with every row twice: dedupe keeps one record per distinct prompt and answer and counts the
     rest; without it both copies stay (gold answers: no LM call, pure logic)."""
