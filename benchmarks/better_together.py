@@ -229,7 +229,8 @@ def report() -> str:
         "for comparison; `shared-seed` = cells of the sampling rounds as first committed (one seed per round for "
         "every example, a bug fixed since; lr 3e-3); `rounds-N` = w with max_rounds=N; `gold` = w on gold labels (the recipe's ceiling "
         "at that data size; its sentiment seed-0 cells used learning rate 1e-3); `traces-N` = w alone on N "
-        "traces; `dspy` = DSPy's own `dspy.BetterTogether` p -> w -> p (p = BootstrapFewShotWithRandomSearch "
+        "traces; `calibrated` = the defaults with `WeightStep(retry_calibration=1.0)` (tracing's retry rounds "
+        "calibrated, the second greedy); `dspy` = DSPy's own `dspy.BetterTogether` p -> w -> p (p = BootstrapFewShotWithRandomSearch "
         "with as many candidate programs as fit the p cap in LM calls on the dev rows; w = BootstrapFinetune, "
         "DSPy's passing traces of max_traces train rows as they come, unbalanced, fine-tuned by autoprompt's "
         "LoRA through `autoprompt.finetune.dspy_lm`; autoprompt's CompactJSONAdapter, as on autoprompt's side, so that "
@@ -414,7 +415,7 @@ def main() -> None:
     parser.add_argument("--task", choices=sorted(SETTINGS))
     parser.add_argument("--seeds", nargs="+", type=int, help="default: the task's (3 seeds; banking77 2)")
     parser.add_argument("--sides", nargs="+", default=["autoprompt"],
-                        help="autoprompt, gold, dspy, traces-N (w on N traces), rounds-N (w with max_rounds=N)")
+                        help="autoprompt, gold, dspy, calibrated, traces-N (w on N traces), rounds-N (w with max_rounds=N)")
     parser.add_argument("--strategies", nargs="+", help="default: the task's")
     parser.add_argument("--report", action="store_true", help="only rebuild the table and chart from the cells")
     args = parser.parse_args()

@@ -128,12 +128,13 @@ def report() -> str:
                          f"{steps} ({steps / per_epoch:.2f} epochs), best {(best or {}).get('step')}",
                          f"{100 * dev:.1f}", f"{100 * test:.1f}", f"{(seconds or 0) / 60:.1f}", f"{speed:.0f}"])
     notes = ("A finished BetterTogether `w` step's traces (its `data/` folder) trained again with the same seed and "
-             "another LoRA recipe; the step's program scored on the new adapter (dev 200 rows, test: the cell's "
-             "test rows), each cell with its own empty LM cache. 'default' = the step's own cell in "
+             "another LoRA recipe; the step's program scored on the new adapter (the benchmark's dev and test "
+             "rows: sentiment 200 / 436, banking77 154 / 231), each cell with its own empty LM cache. 'default' = the step's own cell in "
              "`better_together.md` (the default recipe, same data and seed; the commit it ran). 'fine-tune min' "
              "includes the validation points (decoding the held-back traces with the served adapter); the refits "
              "ran on a machine of another speed than the reference (tokens/s beside it), so compare steps, "
-             "not minutes.")
+             "not minutes. 'best' = the validation point whose checkpoint was kept (on banking77 `w`, 17 held-back "
+             "traces choose it).")
     return write_markdown(HERE / "results" / "lora_epochs.md", "LoRA steps of a w step: refits of its traces",
                           notes, ["task", "seed", "step", "train rows", "recipe", "steps", "dev", "test",
                                   "fine-tune min", "tokens/s"], rows)
