@@ -478,11 +478,12 @@ def _calibrated(program: dspy.Module, task: Any, strength: float) -> tuple[dspy.
 
 
 def _attempt(program: dspy.Module, example: Any, task: Any, adapter: Any, threshold: float, round_: int,
-             seed: int, sample: bool | None = None) -> tuple[list, str | None, bool]:
-    """One run of ``program`` with tracing: ``(trace, failure, passed)``; ``sample`` (default: rounds after
-    the first) draws a fresh rollout at temperature 1.0, seeded by the example and round."""
+             seed: int, sample: bool) -> tuple[list, str | None, bool]:
+    """One run of ``program`` with tracing: ``(trace, failure, passed)``; ``sample`` draws a fresh rollout at
+    temperature 1.0, seeded by the example and round (the rounds after the first, or after the second when it
+    is the calibrated greedy one)."""
     settings: dict[str, Any] = {"trace": [], "adapter": adapter}
-    if sample if sample is not None else round_ > 1:
+    if sample:
         # DSPy's bootstrap rounds: a fresh rollout at temperature 1.0 (seeded, so reproducible),
         # from the whole distribution (top_p=1.0; the local engine then turns llama.cpp's top-k/min-p cuts off)
         if dspy.settings.lm is None:
