@@ -39,10 +39,15 @@ RUNS = HERE / "runs"
 REFERENCE = HERE / "results" / "better_together"
 #: recipe name -> LoRAFinetuner options (the rest: the w step's defaults). ``s150``: the default's floor of
 #: 150 steps without its second epoch (SST-2's 900 training traces are 113 steps an epoch; the default trains
-#: 226); ``e1``: one epoch, below that floor
+#: 226); ``e1``: one epoch, below that floor; ``top10``/``top15``: LoRA on the last 10/15 of the 30 blocks only
+#: (the backward pass stops there: 1.8x/1.4x the tokens/s in ``lora_speed.md``); ``again``: the default recipe
+#: refit now, on this machine (its speed drifts: the reference's minutes ran on another day)
 RECIPES: dict[str, dict[str, Any]] = {
     "s150": {"max_steps": 150},
     "e1": {"epochs": 1},
+    "top10": {"top_layers": 10},
+    "top15": {"top_layers": 15},
+    "again": {},
 }
 
 
