@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import dspy
 
 from autoprompt._adapter import CompactJSONAdapter
 
-__all__ = ["CONTENT_FREE", "label_bias", "local_engine"]
+__all__ = ["CONTENT_FREE", "calibrate_program", "label_bias", "local_engine", "with_logit_bias"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,3 +82,29 @@ def label_bias(predictor: dspy.Predict, *, field: str, choices: list[str], lm: A
     centre = sum(bias) / len(bias)
     return {str(token): round(max(-MAX_BIAS, min(MAX_BIAS, strength * (b - centre))), 4)
             for token, b in zip(ids, bias)}
+
+
+def calibrate_program(program: dspy.Module, task: Any, strengths: Mapping[str, float]) -> dict[str, dict]:
+    """The calibrating ``logit_bias`` of each predictor of ``program`` named in ``strengths`` with a strength
+    above 0, by predictor name (:func:`label_bias`: metered LM calls); a predictor whose label choice cannot
+    be measured is left out and logged. The program is not changed (see :func:`with_logit_bias`). The p
+    search calibrates a trial's program with it, ``compile_training_data(retry_calibration=)`` its retries."""
+    choices = [str(c) for c in task.choices or ()]
+    out = {}
+    for name, predictor in program.named_predictors():
+        if not strengths.get(name):
+            continue
+        bias = label_bias(predictor, field=task.label_field, choices=choices, strength=float(strengths[name]))
+        if bias is None:
+            logger.warning("predictor %s: calibration found no label choice to measure; left uncalibrated", name)
+        else:
+            out[name] = bias
+    return out
+
+
+def with_logit_bias(program: dspy.Module, biases: Mapping[str, Mapping[str, float]] | None) -> dspy.Module:
+    """``program`` with each named predictor's ``logit_bias`` in its LM config (in place; returned)."""
+    for name, predictor in program.named_predictors():
+        if (biases or {}).get(name):
+            predictor.config = {**predictor.config, "logit_bias": dict(biases[name])}
+    return program

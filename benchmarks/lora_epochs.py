@@ -139,7 +139,10 @@ def report() -> str:
              "includes the validation points (decoding the held-back traces with the served adapter); the refits "
              "ran on a machine of another speed than the reference (tokens/s beside it), so compare steps, "
              "not minutes. 'best' = the validation point whose checkpoint was kept (on banking77 `w`, 17 held-back "
-             "traces choose it).")
+             "traces choose it). 'again' is the default recipe refit on the day of the other refits: it reproduced "
+             "its reference's validation points and scores exactly (the fit is deterministic), so its minutes "
+             "are the ones to compare the day's other recipes with. `top_layers=N`: LoRA on the last N of the "
+             "30 blocks only (1.8x the training tokens/s at 10 in `lora_speed.md`).")
     return write_markdown(HERE / "results" / "lora_epochs.md", "LoRA steps of a w step: refits of its traces",
                           notes, ["task", "seed", "step", "train rows", "recipe", "steps", "dev", "test",
                                   "fine-tune min", "tokens/s"], rows)

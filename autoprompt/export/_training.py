@@ -457,24 +457,17 @@ def _calibrated(program: dspy.Module, task: Any, strength: float) -> tuple[dspy.
     """A copy of ``program`` whose label-choosing predictors carry a calibrating ``logit_bias`` (see
     ``compile_training_data(retry_calibration=)``), and the biases by predictor; ``(None, {})`` when no
     predictor could be calibrated (logged)."""
-    from autoprompt._calibration import label_bias
+    from autoprompt._calibration import calibrate_program, with_logit_bias
 
-    choices = [str(c) for c in task.choices or ()]
-    copy = program.deepcopy()
-    biases: dict[str, dict] = {}
-    for name, predictor in copy.named_predictors():
-        if "logit_bias" in (predictor.config or {}):
-            continue  # calibrated already (a p step's choice): the retries run it as it is
-        bias = label_bias(predictor, field=task.label_field, choices=choices, strength=strength)
-        if bias is not None:
-            predictor.config = {**predictor.config, "logit_bias": bias}
-            biases[name] = bias
+    # a predictor calibrated already (a p step's choice) keeps its bias: the retries run it as it is
+    biases = calibrate_program(program, task, {name: 0.0 if "logit_bias" in (predictor.config or {}) else strength
+                                               for name, predictor in program.named_predictors()})
     if not biases:
         logger.info("training data: retry_calibration has no label choice to calibrate (needs the embedded engine, "
                     "declared choices with distinct first tokens); the retry rounds sample as without it")
         return None, {}
     logger.info("training data: retry rounds calibrated with logit_bias %s", biases)
-    return copy, biases
+    return with_logit_bias(program.deepcopy(), biases), biases
 
 
 def _attempt(program: dspy.Module, example: Any, task: Any, adapter: Any, threshold: float, round_: int,

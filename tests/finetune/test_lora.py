@@ -138,6 +138,24 @@ def test_adapter_file_and_manifest(tuned) -> None:
         assert key in manifest
 
 
+def test_top_layers_adapts_the_upper_blocks_only_and_still_learns(tuned, tmp_path) -> None:
+    """top_layers=10: LoRA weights in blocks 20-29 only (the adapter llama.cpp serves has no others), a
+    third of the trainable parameters, and the four facts are still learnt and answered as served."""
+    import gguf
+
+    data = TrainingData(train=[{"predictor": "self", "messages": _messages(i)} for i in WORDS], val=[], counts={})
+    result = LoRAFinetuner(top_layers=10, epochs=30, batch_size=4, progress=False).finetune(data, tmp_path)
+    blocks = {int(t.name.split(".")[1]) for t in gguf.GGUFReader(str(tmp_path / "adapter.gguf")).tensors}
+    assert blocks == set(range(20, 30))
+    m = result.metrics
+    assert 3 * m["trainable_params"] == tuned.metrics["trainable_params"]  # 10 of the 30 blocks
+    assert m["final_loss"] < m["first_loss"] / 10
+    engine = result.lm().engine
+    answers = {i: engine.chat(_messages(i)[:-1], max_tokens=16)["choices"][0]["message"]["content"] for i in WORDS}
+    assert answers == {i: _messages(i)[-1]["content"] for i in WORDS}
+    assert '"top_layers": 10' in (tmp_path / "finetune.json").read_text()
+
+
 def test_bad_options_and_data_are_named() -> None:
     with pytest.raises(FinetuneError, match="q_proj.*permuted"):
         LoRAFinetuner(target_modules=["q_proj", "v_proj"])
@@ -145,6 +163,8 @@ def test_bad_options_and_data_are_named() -> None:
         LoRAFinetuner(epochs=0)
     with pytest.raises(FinetuneError, match="patience must be a positive integer, got 0"):
         LoRAFinetuner(patience=0)
+    with pytest.raises(FinetuneError, match="top_layers must be a positive integer, got 0"):
+        LoRAFinetuner(top_layers=0)
     empty = TrainingData(train=[], val=[], counts={"examples": 5, "dropped_metric": 5})
     with pytest.raises(FinetuneError, match="no training examples.*dropped_metric"):
         LoRAFinetuner().finetune(empty, "unused")
@@ -155,6 +175,13 @@ def test_a_nan_loss_stops_with_the_fix_and_writes_no_adapter(tmp_path) -> None:
     tuner = LoRAFinetuner(learning_rate=1e30, epochs=3, batch_size=2, progress=False)
     with pytest.raises(FinetuneError, match=r"loss became (nan|inf) at step \d of 6 .*lower learning_rate"):
         tuner.finetune(data, tmp_path)
+    assert not (tmp_path / "adapter.gguf").exists()
+
+
+def test_more_top_layers_than_the_model_has_are_refused_with_the_count(tmp_path) -> None:
+    data = TrainingData(train=[{"predictor": "self", "messages": _messages("alpha")}], val=[], counts={})
+    with pytest.raises(FinetuneError, match=r"top_layers=31 but .*\.gguf has 30 transformer blocks; choose 1\.\.30"):
+        LoRAFinetuner(top_layers=31, progress=False).finetune(data, tmp_path)
     assert not (tmp_path / "adapter.gguf").exists()
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import dspy
 
 from autoprompt._adapter import CompactJSONAdapter
+from autoprompt._calibration import calibrate_program, with_logit_bias
 from autoprompt._exceptions import BudgetExhausted, LMError
 from autoprompt.evaluate import MAX_ERROR_SHARE, MAX_LEADING_ERRORS, run_one
 from autoprompt._retrieval import Retriever, attach, demos_for
@@ -48,15 +49,8 @@ def build_program(task: Any, pool: dict, params: dict[str, Any], task_params: di
         temperature = params.get("temperature")
         if temperature:
             predictor.config = {**predictor.config, "temperature": temperature}
-    return _with_bias(program, params, logit_bias)
-
-
-def _with_bias(program: dspy.Module, params: dict[str, Any], logit_bias: dict[str, dict] | None) -> dspy.Module:
-    """``program`` with each calibrated predictor's measured ``logit_bias`` in its LM config (in place)."""
-    for name, predictor in program.named_predictors():
-        if params.get(f"{name}.calibrate") and (logit_bias or {}).get(name):
-            predictor.config = {**predictor.config, "logit_bias": dict(logit_bias[name])}
-    return program
+    return with_logit_bias(program, {name: bias for name, bias in (logit_bias or {}).items()
+                                     if params.get(f"{name}.calibrate")})
 
 
 def program_of_trial(study: Any, task: Any, trial_number: int) -> tuple[dspy.Module, dict[str, Any]]:
@@ -141,7 +135,7 @@ def run_trial(trial: Any, task: Any, pool: dict, devset: list, steps: list[int],
         raise optuna.TrialPruned() from exc
     if logit_bias:
         trial.set_user_attr("logit_bias", logit_bias)
-        program = _with_bias(program, params, logit_bias)
+        program = with_logit_bias(program, logit_bias)
     total = 0.0
     done = 0
     failures = errors = 0
@@ -198,18 +192,8 @@ def run_trial(trial: Any, task: Any, pool: dict, devset: list, steps: list[int],
 def _calibrate(program: dspy.Module, params: dict[str, Any], task: Any) -> dict[str, dict]:
     """The calibrating logit bias of each predictor whose ``calibrate`` parameter (a strength) is not 0 (LM
     calls, metered)."""
-    from autoprompt._calibration import label_bias
-
-    out = {}
-    for name, predictor in program.named_predictors():
-        if params.get(f"{name}.calibrate"):
-            bias = label_bias(predictor, field=task.label_field, choices=list(task.choices or ()),
-                              strength=float(params[f"{name}.calibrate"]))
-            if bias is None:
-                logger.warning("predictor %s: calibration found no label choice to measure; left uncalibrated", name)
-            else:
-                out[name] = bias
-    return out
+    return calibrate_program(program, task, {name: float(params.get(f"{name}.calibrate") or 0.0)
+                                             for name, _ in program.named_predictors()})
 
 
 def _prompt_tokens(program: dspy.Module, task: Any, example: dspy.Example) -> int:
