@@ -45,12 +45,12 @@ def matmul_peak(torch, dtype, threads: int, n: int = 2048, repeats: int = 8) -> 
 
 def main() -> None:
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import autoprompt
     from autoprompt.export import compile_training_data
-    from autoprompt.finetune._lora import DEFAULT_TARGET_MODULES, _encode, _Trainer
+    from autoprompt.finetune._lora import _encode, _Trainer, lora_config
     from autoprompt.lms import smollm2_path
 
     threads = int(os.environ.get("AUTOPROMPT_LLAMA_THREADS", 0)) or os.cpu_count() or 1
@@ -68,8 +68,7 @@ def main() -> None:
     rows, _ = _encode(tokenizer, data.train, 768)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(str(base.parent), gguf_file=base.name, dtype=torch.float32)
-    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=list(DEFAULT_TARGET_MODULES),
-                                             task_type="CAUSAL_LM"))
+    model = get_peft_model(model, lora_config(rank=8, alpha=16))
     params = sum(p.numel() for p in model.parameters())
     # the embedding is a lookup and the tied output layer runs on the answer positions only: the
     # matmuls of a token are those of the other weights (2 FLOPs each forward, 2 backward for the
@@ -113,10 +112,7 @@ def main() -> None:
             torch.manual_seed(0)
             base_model = AutoModelForCausalLM.from_pretrained(str(base.parent), gguf_file=base.name,
                                                               dtype=torch.float32)
-            layers = None if top is None else list(range(blocks - top, blocks))
-            tuned[top] = get_peft_model(base_model, LoraConfig(
-                r=8, lora_alpha=16, target_modules=list(DEFAULT_TARGET_MODULES), task_type="CAUSAL_LM",
-                layers_to_transform=layers, layers_pattern="layers" if layers else None))
+            tuned[top] = get_peft_model(base_model, lora_config(rank=8, alpha=16, top_layers=top, blocks=blocks))
             tuned[top].train()
         speeds: dict[str, list[float]] = {str(top): [] for top in tops}
         for _ in range(ROUNDS):

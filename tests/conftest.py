@@ -9,6 +9,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+# pytest-xdist runs one worker per core (pyproject.toml): each worker's llama.cpp and torch get their share of
+# the cores (the processes they start inherit it), or their spinning threads slow every worker down
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("AUTOPROMPT_LLAMA_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+
 import dspy
 import pytest
 
@@ -21,11 +27,15 @@ SMALL = TASKS / "data" / "sentiment_small"
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_caches(tmp_path_factory: pytest.TempPathFactory) -> None:
     """DSPy's LM cache, the datasets cache and the converted base models of the LoRA tests live in temporary
-    folders, never in $HOME (the models' folder is shared by the session: converted once, as for a user)."""
+    folders, never in $HOME (the models' folder is shared by the run's workers: converted once, as for a user;
+    a conversion is written under a temporary name and renamed, so two workers converting at once is safe)."""
     import autoprompt
 
     os.environ["HF_DATASETS_CACHE"] = str(tmp_path_factory.mktemp("hf-datasets"))
-    os.environ["AUTOPROMPT_MODEL_CACHE"] = str(tmp_path_factory.mktemp("models"))
+    root = tmp_path_factory.getbasetemp()
+    models = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "models"
+    models.mkdir(exist_ok=True)
+    os.environ["AUTOPROMPT_MODEL_CACHE"] = str(models)
     autoprompt.configure_cache(tmp_path_factory.mktemp("dspy-cache"))
 
 

@@ -69,7 +69,8 @@ def test_cli_runs_strategies_sharing_prefixes_and_keeps_every_step(tmp_path) -> 
     run = tmp_path / "bt"
     out = cli("better-together", TASKS / "iris.py", "--strategy", "p -> w", "--strategy", "w",
               "--option", "n_trials=2", "--option", "minibatches=[4]", "--option", "max_dev=8",
-              "--option", "n_demo_sets=1", "--finetune-option", "max_steps=2", "--finetune-option", "batch_size=4",
+              "--option", "n_demo_sets=1", "--option", "retrieved_demos=false", "--option", "calibrate=false",
+              "--finetune-option", "max_steps=2", "--finetune-option", "batch_size=4",
               "--data-option", "balance=false",
               "--train-limit", 12, "--dev-limit", 8, "--test-limit", 6, "--run-dir", run, "--no-progress",
               env_extra={"AUTOPROMPT_CACHE_DIR": str(tmp_path / "cache")})

@@ -200,7 +200,7 @@ class LoRAFinetuner(BaseFinetuner):
         """
         require_finetune_extra()
         import torch
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
         from tqdm.auto import tqdm
 
         from autoprompt.store import atomic_write, dump_json
@@ -245,12 +245,9 @@ class LoRAFinetuner(BaseFinetuner):
         if self.top_layers is not None and self.top_layers > blocks:
             raise FinetuneError(f"top_layers={self.top_layers} but {base.name} has {blocks} transformer blocks; "
                                 f"choose 1..{blocks} or None (every block)")
-        layers = None if self.top_layers is None else list(range(blocks - self.top_layers, blocks))
-        model = get_peft_model(model, LoraConfig(
-            r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,
-            target_modules=self.target_modules, task_type="CAUSAL_LM",
-            layers_to_transform=layers, layers_pattern="layers" if layers else None,
-        )).to(device)
+        model = get_peft_model(model, lora_config(rank=self.rank, alpha=self.alpha, dropout=self.dropout,
+                                                  target_modules=self.target_modules, top_layers=self.top_layers,
+                                                  blocks=blocks)).to(device)
         n_params = sum(p.numel() for p in model.parameters())
         steps_per_epoch = math.ceil(len(train) / self.batch_size)
         epochs = self.epochs or max(2, min(self.MAX_AUTO_EPOCHS, math.ceil(self.min_steps / steps_per_epoch)))
@@ -381,6 +378,20 @@ class LoRAFinetuner(BaseFinetuner):
                     "%.0f train tokens/s; serve with lm=%r", base.name, len(train), step, losses[0], losses[-1],
                     best["step"] if best else step, metrics["seconds"], metrics["tokens_per_second"], spec)
         return FinetuneResult(lm_spec=spec, output_dir=out, metrics=metrics, manifest=manifest)
+
+
+def lora_config(*, rank: int, alpha: float, dropout: float = 0.0, target_modules: Sequence[str] = DEFAULT_TARGET_MODULES,
+                top_layers: int | None = None, blocks: int | None = None) -> Any:
+    """peft's ``LoraConfig`` for a causal LM: a LoRA on ``target_modules`` of every transformer block, or of the
+    last ``top_layers`` of the model's ``blocks`` (peft's ``layers_to_transform``; the decoder's blocks are in
+    its ``layers`` list). Shared by the finetuner and ``benchmarks/lora_speed.py``."""
+    from peft import LoraConfig
+
+    if top_layers is not None and (blocks is None or not 0 < top_layers <= blocks):
+        raise ValueError(f"top_layers={top_layers} needs 1 <= top_layers <= blocks (blocks={blocks})")
+    layers = None if top_layers is None else list(range(blocks - top_layers, blocks))
+    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
+                      task_type="CAUSAL_LM", layers_to_transform=layers, layers_pattern="layers" if layers else None)
 
 
 def _encode(tokenizer: Any, records: list[dict[str, Any]], max_length: int) -> tuple[list[dict[str, list[int]]], int]:

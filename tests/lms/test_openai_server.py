@@ -9,6 +9,7 @@ generic OpenAI-compatible route that sends ``max_tokens`` (``openai/<name>`` sen
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -38,7 +39,7 @@ def server(tmp_path_factory):
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_path()), "--model_alias", "smollm2",
-             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--n_threads", "2"],
+             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--n_threads", os.environ.get("AUTOPROMPT_LLAMA_THREADS", "2")],
             stdout=out, stderr=subprocess.STDOUT,
         )
     base = f"http://127.0.0.1:{port}/v1"
