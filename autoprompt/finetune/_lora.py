@@ -241,13 +241,10 @@ class LoRAFinetuner(BaseFinetuner):
             raise FinetuneError("device='cuda' but torch sees no GPU; use device='auto' or 'cpu'")
         dtype = ("bfloat16" if device == "cuda" or _cpu_has_bf16() else "float32") if self.dtype == "auto" \
             else self.dtype
-        blocks = model.config.num_hidden_layers
-        if self.top_layers is not None and self.top_layers > blocks:
-            raise FinetuneError(f"top_layers={self.top_layers} but {base.name} has {blocks} transformer blocks; "
-                                f"choose 1..{blocks} or None (every block)")
         model = get_peft_model(model, lora_config(rank=self.rank, alpha=self.alpha, dropout=self.dropout,
                                                   target_modules=self.target_modules, top_layers=self.top_layers,
-                                                  blocks=blocks)).to(device)
+                                                  blocks=model.config.num_hidden_layers, model_name=base.name)
+                               ).to(device)
         n_params = sum(p.numel() for p in model.parameters())
         steps_per_epoch = math.ceil(len(train) / self.batch_size)
         epochs = self.epochs or max(2, min(self.MAX_AUTO_EPOCHS, math.ceil(self.min_steps / steps_per_epoch)))
@@ -381,14 +378,15 @@ class LoRAFinetuner(BaseFinetuner):
 
 
 def lora_config(*, rank: int, alpha: float, dropout: float = 0.0, target_modules: Sequence[str] = DEFAULT_TARGET_MODULES,
-                top_layers: int | None = None, blocks: int | None = None) -> Any:
+                top_layers: int | None = None, blocks: int | None = None, model_name: str = "the model") -> Any:
     """peft's ``LoraConfig`` for a causal LM: a LoRA on ``target_modules`` of every transformer block, or of the
     last ``top_layers`` of the model's ``blocks`` (peft's ``layers_to_transform``; the decoder's blocks are in
     its ``layers`` list). Shared by the finetuner and ``benchmarks/lora_speed.py``."""
     from peft import LoraConfig
 
     if top_layers is not None and (blocks is None or not 0 < top_layers <= blocks):
-        raise ValueError(f"top_layers={top_layers} needs 1 <= top_layers <= blocks (blocks={blocks})")
+        raise FinetuneError(f"top_layers={top_layers} but {model_name} has {blocks} transformer blocks; "
+                            f"choose 1..{blocks} or None (every block)")
     layers = None if top_layers is None else list(range(blocks - top_layers, blocks))
     return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
                       task_type="CAUSAL_LM", layers_to_transform=layers, layers_pattern="layers" if layers else None)
