@@ -15,6 +15,19 @@ a ``w`` step's tracing). The answer is the same token for token: the best allowe
 256 is the best allowed token; when none of them is allowed the grammar masks the vocabulary as before.
 On SST-2 prompts three steps in four take the short path and a call is about 20% faster
 (0.19 -> 0.155 s; ``tests/lms/test_local.py`` checks the tokens against llama-cpp-python's own chain).
+
+Under a JSON schema most of an answer is forced: ``{"label": "`` before a label, its last tokens once its
+first one is chosen, ``"}`` after it. Decoded one forward pass per token, an SST-2 call makes ~8 passes (1
+for the prompt, ~7 for ``{"label": "positive"}``). With ``fast_forward=True`` the engine drafts the text the
+schema forces next (:class:`_SchemaSkeleton`) and llama-cpp-python's speculative decoding (``draft_model``)
+evaluates the draft in one batch, keeping the tokens the grammar-constrained sampler picks itself: ~4
+passes per SST-2 call. It is off by default: on this project's 2-core CPU a batch of 2-8 tokens costs
+~2.4 single-token passes and the prompt's own evaluation dominates a call, so an example costs the same
+time; and a token evaluated in a batch gets slightly different numbers than alone, which flips the
+answer where the model hesitates: with this Q4_1 model the logits of a token evaluated in a batch differ
+from its logits evaluated alone by up to ~0.8 (an SST-2 answer changed at p = 0.506 / 0.494; Banking77's 77
+labels change more often). ``benchmarks/eval_cost.py`` measures all three. Where a batch costs about one
+token (a GPU) it would save most decoding steps.
 """
 
 from __future__ import annotations
@@ -90,14 +103,18 @@ class LlamaCppEngine(BaseEngine):
         instances: copies of the model that answer concurrent calls (default:
             ``$AUTOPROMPT_LLAMA_INSTANCES`` or ``n_threads``). A second copy is loaded only when a call
             arrives while another runs (``evaluate_program`` and the ``w`` step's tracing send
-            ``instances`` calls at a time). On 2 cores an SST-2 example costs 0.187 s one at a time (2
-            threads) and 0.161 s two at a time (1 thread each), 0.250 and 0.188 s with 4 demos: the
-            token-by-token decoding leaves part of the second thread idle, a second copy fills it
-            (``benchmarks/results/eval_cost.md``).
+            ``instances`` calls at a time). On 2 cores (2026-11-28) an SST-2 example cost 0.187 s one at a
+            time (2 threads) and 0.161 s two at a time (1 thread each), 0.250 and 0.188 s with 4 demos:
+            the token-by-token decoding leaves part of the second thread idle, a second copy fills it
+            (``benchmarks/results/eval_cost.md`` has the latest run).
         max_tokens: default cap on generated tokens when a request sets none.
         seed: sampling seed (only matters at temperature > 0).
         lazy_grammar: decode under a grammar by checking the likeliest tokens first (same choices as
             masking the whole vocabulary, see :class:`_LazyGrammarGreedy`).
+        fast_forward: under a JSON schema, evaluate the text the schema forces (keys, punctuation, the
+            rest of a label once its first token is chosen) in one batch as a speculative draft; the
+            sampler still picks every token. Fewer forward passes, not less time on a small CPU, and
+            batch numerics can flip a near-tie (see the module docstring); default off.
 
     Example:
         >>> import dspy
@@ -118,6 +135,7 @@ class LlamaCppEngine(BaseEngine):
         max_tokens: int = DEFAULT_MAX_TOKENS,
         seed: int = 0,
         lazy_grammar: bool = True,
+        fast_forward: bool = False,
         instances: int | None = None,
     ) -> None:
         self.model_path = Path(model_path) if model_path else smollm2_path()
@@ -127,6 +145,7 @@ class LlamaCppEngine(BaseEngine):
         self.max_tokens = max_tokens
         self.seed = seed
         self.lazy_grammar = lazy_grammar
+        self.fast_forward = fast_forward
         self.instances = max(1, instances or int(os.environ.get("AUTOPROMPT_LLAMA_INSTANCES", 0)) or self.n_threads)
         self._llama: Any = None  # the first copy (what ``llama`` returns)
         self._idle: list[Any] = []
@@ -154,6 +173,7 @@ class LlamaCppEngine(BaseEngine):
             "max_tokens": self.max_tokens,
             "seed": self.seed,
             "lazy_grammar": self.lazy_grammar,
+            "fast_forward": self.fast_forward,
         }
 
     @classmethod
@@ -169,7 +189,7 @@ class LlamaCppEngine(BaseEngine):
 
     def _load(self, copy: int) -> Any:
         try:
-            import llama_cpp
+            import llama_cpp  # noqa: F401
         except ImportError as exc:  # pragma: no cover - a core dependency
             raise LMError("the embedded model needs llama-cpp-python: pip install llama-cpp-python") from exc
         started = time.monotonic()
@@ -179,7 +199,8 @@ class LlamaCppEngine(BaseEngine):
         if self.lora_path is not None:
             kwargs["lora_path"] = str(self.lora_path)
         with _LOAD_LOCK:
-            llama = (_lazy_llama_class() if self.lazy_grammar else llama_cpp.Llama)(**kwargs)
+            llama = _llama_class()(**kwargs)
+        llama.lazy_grammar = self.lazy_grammar
         logger.info("loaded %s in %.1f s (copy %d of at most %d)", self.model_id, time.monotonic() - started,
                     copy, self.instances)
         return llama
@@ -249,10 +270,16 @@ class LlamaCppEngine(BaseEngine):
         params.setdefault("temperature", 0.0)
         if params["temperature"] > 0 and params.get("seed") is None:
             params["seed"] = self._request_seed(messages, params)
+        schema = (params.get("response_format") or {}).get("schema")
+        skeleton = _SchemaSkeleton.build(schema) if self.fast_forward and schema else None
         llama = self._acquire()
         try:
+            if skeleton is not None:
+                llama.draft_model = _SchemaDraft(llama, skeleton)
             return llama.create_chat_completion(messages=messages, **params)
         finally:
+            if skeleton is not None:
+                llama.draft_model = None
             self._release(llama)
 
     def first_tokens(self, texts: list[str]) -> list[int]:
@@ -347,17 +374,42 @@ class LlamaCppEngine(BaseEngine):
         )
 
 
-_LAZY_CLASS: Any = None
+_LLAMA_CLASS: Any = None
 
 
-def _lazy_llama_class() -> Any:
-    """``llama_cpp.Llama`` whose greedy decoding under a grammar uses :class:`_LazyGrammarGreedy`."""
-    global _LAZY_CLASS
-    if _LAZY_CLASS is None:
+def _llama_class() -> Any:
+    """``llama_cpp.Llama`` whose decoding under a grammar uses :class:`_LazyGrammarGreedy` or
+    :class:`_LazyGrammarSampler` when its ``lazy_grammar`` is set (else llama-cpp-python's own chain), which
+    counts its forward passes, and whose ``eval`` computes the logits of every token of a speculative draft
+    without ``logits_all`` (which would keep an ``n_ctx x n_vocab`` array, 0.8 GB, and compute the logits of
+    every prompt token)."""
+    global _LLAMA_CLASS
+    if _LLAMA_CLASS is None:
         import llama_cpp
 
-        class LazyGrammarLlama(llama_cpp.Llama):
+        class AutopromptLlama(llama_cpp.Llama):
+            lazy_grammar = True
+            draft_pending = 0  # tokens of the draft the next ``eval`` carries (set by _SchemaDraft)
+            evals = 0  # forward passes (tests and benchmarks/eval_cost.py count them)
+
+            def eval(self, tokens: Any) -> None:
+                self.evals += 1
+                pending, self.draft_pending = self.draft_pending, 0
+                if not pending or len(tokens) > self.n_batch:
+                    return super().eval(tokens)
+                # llama-cpp-python's eval with the logits of every token of the batch kept in llama.cpp's
+                # output buffer: the sampler reads them by negative index (llama_get_logits_ith)
+                self._ctx.kv_cache_seq_rm(-1, self.n_tokens, -1)
+                n_past, n = self.n_tokens, len(tokens)
+                self._batch.set_batch(batch=tokens, n_past=n_past, logits_all=True)
+                self._ctx.decode(self._batch)
+                self.input_ids[n_past: n_past + n] = tokens
+                self.n_tokens += n
+                self._requires_eval = False
+
             def _init_sampler(self, **kwargs: Any) -> Any:
+                if not self.lazy_grammar:
+                    return super()._init_sampler(**kwargs)
                 # a grammar and nothing else that reshapes the logits (no penalties, processors, mirostat)
                 bare = (kwargs.get("grammar") is not None and kwargs.get("logits_processor") is None
                         and kwargs.get("repeat_penalty", 1.0) == 1.0 and not kwargs.get("frequency_penalty")
@@ -371,8 +423,172 @@ def _lazy_llama_class() -> Any:
                     return _LazyGrammarSampler(self, kwargs["grammar"], temp)
                 return super()._init_sampler(**kwargs)
 
-        _LAZY_CLASS = LazyGrammarLlama
-    return _LAZY_CLASS
+        _LLAMA_CLASS = AutopromptLlama
+    return _LLAMA_CLASS
+
+
+class _SchemaSkeleton:
+    """The JSON text a flat object schema allows, as parts: fixed text (``{"label":``), a choice among fixed
+    texts (an enum's quoted values), a free string or a free scalar (a number, a boolean).
+
+    llama-cpp-python's schema grammar writes the properties in the schema's order and allows one optional
+    space after ``{``, ``,``, a key, ``:``, a string or scalar value and ``}`` (``_SP`` in the fixed texts).
+    :meth:`forced` reads a partial answer with or without those spaces and gives the text every answer
+    continuing it must write next, with a space where Python's ``json.dumps`` puts one (after ``:`` and
+    ``,``: how SmolLM2 writes ``{"label": "positive"}``); an answer leaving that style only turns drafts
+    down. Schemas it does not describe (nested objects, arrays, ``anyOf``, patterns, optional keys) get no
+    skeleton."""
+
+    _SP = "\0"  # an optional space of the grammar
+    _STYLE = {":": " ", ",": " "}  # the space drafted after these; none after the others
+
+    def __init__(self, parts: list[tuple[str, Any]]) -> None:
+        self.parts = parts
+
+    @classmethod
+    def build(cls, schema: Any) -> "_SchemaSkeleton | None":
+        if not isinstance(schema, dict) or schema.get("type") != "object":
+            return None
+        props = schema.get("properties") or {}
+        required = schema.get("required") or []
+        if not props or list(required) != list(props):  # optional keys: the grammar's order is not fixed
+            return None
+        sp = cls._SP
+        parts: list[tuple[str, Any]] = []
+        text = "{" + sp
+        for i, (key, sub) in enumerate(props.items()):
+            text += ("," + sp if i else "") + json.dumps(key) + sp + ":" + sp
+            if not isinstance(sub, dict) or set(sub) - {"type", "enum", "title", "description"}:
+                return None
+            enum, kind = sub.get("enum"), sub.get("type")
+            if enum is not None:
+                if not enum or not all(isinstance(v, str) and v.isascii() and json.dumps(v) == f'"{v}"'
+                                       for v in enum):
+                    return None
+                parts += [("text", text), ("choice", sorted({json.dumps(v) for v in enum}))]
+                text = ""  # the grammar allows no space after an enum value
+            elif kind == "string":
+                parts += [("text", text + '"'), ("string", None)]
+                text = sp
+            elif kind in ("number", "integer", "boolean"):
+                parts += [("text", text), ("scalar", None)]
+                text = sp
+            else:
+                return None
+        parts.append(("text", text + "}" + sp))
+        return cls(parts)
+
+    def _draft_text(self, text: str) -> str:
+        """A fixed text as drafted: each optional space per :attr:`_STYLE`."""
+        out = ""
+        for i, ch in enumerate(text):
+            if ch == self._SP:
+                out += self._STYLE.get(text[i - 1], "") if i else ""
+            else:
+                out += ch
+        return out
+
+    def _match(self, text: str, rest: str) -> tuple[int, str | None]:
+        """Read the fixed ``text`` at the start of ``rest``: (characters read, the text still to write when
+        ``rest`` ends inside it, else ``None``); (-1, None) when ``rest`` leaves it."""
+        i = j = 0
+        while i < len(text):
+            if j == len(rest):
+                # a space the answer may still write: drafted per the style from here on
+                return j, self._draft_text(text[i:]) if text[i] != self._SP or i == 0 else \
+                    self._STYLE.get(text[i - 1], "") + self._draft_text(text[i + 1:])
+            if text[i] == self._SP:
+                j += rest[j] == " "
+                i += 1
+            elif text[i] == rest[j]:
+                i, j = i + 1, j + 1
+            else:
+                return -1, None
+        return j, None
+
+    def forced(self, answer: str) -> str:
+        """The text that must follow the partial ``answer`` (``""``: a free choice, or a style it leaves)."""
+        pos, out, collecting = 0, "", False
+        for kind, value in self.parts:
+            rest = answer[pos:]
+            if collecting or not rest:  # ``answer`` ends before this part: collect what it forces
+                if kind == "text":
+                    out += self._draft_text(value)
+                    collecting = True
+                    continue
+                if kind == "choice":
+                    out += os.path.commonprefix(value)
+                    if len(value) == 1:
+                        collecting = True
+                        continue
+                return out
+            if kind == "text":
+                read, left = self._match(value, rest)
+                if read < 0:
+                    return ""
+                pos += read
+                if left is not None:
+                    out, collecting = left, True
+            elif kind == "choice":
+                done = [v for v in value if rest.startswith(v)]
+                if done:
+                    pos += len(done[0])
+                    continue
+                open_ = [v[len(rest):] for v in value if v.startswith(rest)]
+                if not open_:
+                    return ""
+                out = os.path.commonprefix(open_)
+                if len(open_) > 1:
+                    return out
+                collecting = True
+            elif kind == "string":  # rest starts inside the string (the text before ends with its quote)
+                end, i = None, 0
+                while i < len(rest):
+                    if rest[i] == "\\":
+                        i += 2
+                        continue
+                    if rest[i] == '"':
+                        end = i + 1
+                        break
+                    i += 1
+                if end is None:
+                    return ""
+                pos += end
+            else:  # a scalar ends where a space, ``,`` or ``}`` starts
+                ends = [i for i, ch in enumerate(rest) if ch in " ,}"]
+                if not ends:
+                    return ""
+                pos += ends[0]
+        return out
+
+
+class _SchemaDraft:
+    """A llama-cpp-python draft model proposing the tokens of the text a schema forces next.
+
+    Called after each sampled token with every token so far; the first call's tokens are the prompt and the
+    answer's first token. The draft is the tokenization of :meth:`_SchemaSkeleton.forced` of the answer so
+    far; the tokens the model would split differently are rejected by the sampler like any bad draft."""
+
+    def __init__(self, llama: Any, skeleton: _SchemaSkeleton) -> None:
+        self.llama = llama
+        self.skeleton = skeleton
+        self.start: int | None = None
+        self.drafted = 0  # draft tokens proposed in this call
+
+    def __call__(self, input_ids: Any, /, **kwargs: Any) -> Any:
+        import numpy as np
+
+        if self.start is None:
+            self.start = len(input_ids) - 1
+        try:
+            answer = self.llama.detokenize(list(input_ids[self.start:])).decode("utf-8")
+        except UnicodeDecodeError:  # inside a multi-byte character
+            return np.zeros(0, dtype=np.intc)
+        text = self.skeleton.forced(answer)
+        tokens = self.llama.tokenize(text.encode(), add_bos=False, special=False) if text else []
+        self.llama.draft_pending = len(tokens)
+        self.drafted += len(tokens)
+        return np.asarray(tokens, dtype=np.intc)
 
 
 class _LazyGrammarGreedy:
