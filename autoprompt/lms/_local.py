@@ -478,25 +478,18 @@ class _SchemaSkeleton:
         parts.append(("text", text + "}" + sp))
         return cls(parts)
 
-    def _draft_text(self, text: str) -> str:
-        """A fixed text as drafted: each optional space per :attr:`_STYLE`."""
-        out = ""
-        for i, ch in enumerate(text):
-            if ch == self._SP:
-                out += self._STYLE.get(text[i - 1], "") if i else ""
-            else:
-                out += ch
-        return out
+    def _draft_text(self, text: str, start: int = 0) -> str:
+        """A fixed text from ``start`` on as drafted: each optional space per :attr:`_STYLE`."""
+        return "".join((self._STYLE.get(text[k - 1], "") if k else "") if text[k] == self._SP else text[k]
+                       for k in range(start, len(text)))
 
     def _match(self, text: str, rest: str) -> tuple[int, str | None]:
         """Read the fixed ``text`` at the start of ``rest``: (characters read, the text still to write when
         ``rest`` ends inside it, else ``None``); (-1, None) when ``rest`` leaves it."""
         i = j = 0
         while i < len(text):
-            if j == len(rest):
-                # a space the answer may still write: drafted per the style from here on
-                return j, self._draft_text(text[i:]) if text[i] != self._SP or i == 0 else \
-                    self._STYLE.get(text[i - 1], "") + self._draft_text(text[i + 1:])
+            if j == len(rest):  # the rest of the text, its optional spaces drafted per the style
+                return j, self._draft_text(text, i)
             if text[i] == self._SP:
                 j += rest[j] == " "
                 i += 1

@@ -190,7 +190,7 @@ def test_fast_forward_drafts_the_forced_text_and_keeps_the_answers():
     assert fast.llama.evals < slow.llama.evals
 
 
-def test_schema_skeleton_forces_the_compact_text_between_free_choices():
+def test_schema_skeleton_forces_the_fixed_text_between_free_choices():
     """What the draft proposes after a partial answer: keys and punctuation, the rest of a label once it is
     the only one left, nothing inside a free string or number or where the grammar allows no space; schemas
     whose key order or value shape is not fixed get no skeleton."""
