@@ -1,14 +1,16 @@
 """`autoprompt decide` on the shipped tasks: the report (markdown, HTML, JSON) and a screenshot of the page.
 
-Sentiment reuses the variants of the BetterTogether benchmark's run of the same seed
+Sentiment and iris reuse the variants of the BetterTogether benchmark's run of the same seed
 (``benchmarks/runs/sentiment-s<seed>-autoprompt``, written by ``benchmarks/better_together.py``): the
 variants are not searched or trained again; decide measures them (cost with the LM cache off,
 consistency, paraphrases, the search's top trials) and runs the data curve (p and w on 50 and 200
-train examples). Its LM cache is its own, empty when it starts. The decide run folder
-(``benchmarks/runs/<task>-s<seed>-decide``, git-ignored) resumes: a rerun skips what is measured.
-The report lands in ``benchmarks/results/decide/<task>/``:
+train examples). Banking77 runs its variants itself (vanilla, p, w, p -> w, p -> w -> p on the
+benchmark's 154 dev / 231 test rows, hours on 2 cores; a rerun resumes from the last finished step)
+and its data curve at 231 and 770 train examples (3 and 10 per intent). Its LM cache is its own, empty
+when it starts. The decide run folder (``benchmarks/runs/<task>-s<seed>-decide``, git-ignored) resumes:
+a rerun skips what is measured. The report lands in ``benchmarks/results/decide/<task>/``:
 
-    .venv/bin/python benchmarks/decide.py --task sentiment --seed 0
+    .venv/bin/python benchmarks/decide.py --task sentiment --seed 2
     .venv/bin/python benchmarks/decide.py --task banking77 --seed 0
 """
 
@@ -33,9 +35,10 @@ SETTINGS = {
     "sentiment": {"dev_limit": 200, "calls": 600, "max_traces": 1000, "data_sizes": (50, 200), "reuse": True},
     "iris": {"dev_limit": None, "calls": 400, "max_traces": None, "data_sizes": (20,), "reuse": True},
     # the BetterTogether benchmark's Banking77 rows: 154 dev / 231 test (seeded, 2 and 3 per intent); the
-    # data curve at 3 and 10 train examples per intent
+    # data curve at 3 and 10 train examples per intent. Its variants are run here: the benchmark's Banking77
+    # run folders keep only their `w` steps
     "banking77": {"dev_limit": 154, "test_limit": 231, "calls": 600, "max_traces": 770, "data_sizes": (231, 770),
-                  "reuse": True},
+                  "reuse": False},
 }
 
 
@@ -86,10 +89,11 @@ def main() -> None:
     command = " ".join(["python", "benchmarks/decide.py", *sys.argv[1:]])
     (out / "README.md").write_text(
         f"# decide on {args.task}, seed {args.seed}\n\nCommand: `{command}` ({(time.monotonic() - started) / 60:.1f} "
-        f"min for this invocation; a resumed one only re-measures what is missing). Variants reused from "
-        f"`{reuse.relative_to(ROOT) if reuse else '-'}` (the BetterTogether benchmark's run); the decide run's LM "
-        "cache was its own and empty at its start. Prices are illustrative (0.15 / 0.60 per 1M prompt / "
-        "completion tokens, 2.0 per training hour). Files: `decision.md`, `decision.html` (screenshot "
+        f"min for this invocation; a resumed one only re-measures what is missing). "
+        + (f"Variants reused from `{reuse.relative_to(ROOT)}` (the BetterTogether benchmark's run)" if reuse else
+           "Variants searched and trained by this decide run (`variants/` of its run folder)")
+        + "; the decide run's LM cache was its own and empty at its start. Prices are illustrative (0.15 / 0.60 "
+        "per 1M prompt / completion tokens, 2.0 per training hour). Files: `decision.md`, `decision.html` (screenshot "
         "`decision.png`, Debian's chromium), `decision.json`.\n")
     print(decision.markdown())
 

@@ -69,7 +69,8 @@ class LocalProvider(_provider_base()):  # type: ignore[misc]
         tuner = LoRAFinetuner(base_model=base.model_path, **{"progress": False, **options})
         result = tuner.finetune(data, out)
         adapter = result.lm_spec.partition("?lora=")[2]
-        tuned = LlamaCppEngine(base.model_path, lora_path=adapter, n_threads=base.n_threads)
+        tuned = LlamaCppEngine(base.model_path, lora_path=adapter, n_threads=base.n_threads,
+                               quantization=base.quantization)
         logger.info("DSPy fine-tune of %s: %s", model, result.lm_spec)
         return register_engine(tuned)
 

@@ -36,6 +36,7 @@ from autoprompt._exceptions import FinetuneError
 from autoprompt._version import __version__
 from autoprompt.finetune._base import FINETUNE_FORMAT_VERSION, BaseFinetuner, FinetuneResult
 from autoprompt.finetune._gguf import GGUF_NAMES, write_lora_adapter
+from autoprompt.lms._local import MODEL_CACHE_ENV, file_sha256, model_cache_dir
 
 __all__ = ["DEFAULT_TARGET_MODULES", "MODEL_CACHE_ENV", "LoRAFinetuner", "load_base", "require_finetune_extra"]
 
@@ -207,8 +208,6 @@ class LoRAFinetuner(BaseFinetuner):
         from autoprompt.lms import smollm2_path
 
         if not self.progress:  # transformers' own bars (weight loading; GGUF de-quantization uses tqdm itself)
-            import functools
-
             import transformers
             import transformers.modeling_gguf_pytorch_utils as gguf_utils
 
@@ -362,7 +361,7 @@ class LoRAFinetuner(BaseFinetuner):
             "format_version": FINETUNE_FORMAT_VERSION,
             "autoprompt_version": __version__,
             "finetuner": self.name,
-            "base_model": {"path": str(base), "sha256": _sha256(base)},
+            "base_model": {"path": str(base), "sha256": file_sha256(base)},
             "adapter": adapter.name,
             "options": self.options(),
             "data": data.manifest,
@@ -613,9 +612,6 @@ def _cpu_has_bf16() -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
-MODEL_CACHE_ENV = "AUTOPROMPT_MODEL_CACHE"
-
-
 def load_base(base: Path) -> tuple[Any, Any]:
     """The tokenizer and float32 model of a GGUF file, for training; converted once, then loaded from a cache.
 
@@ -637,8 +633,8 @@ def load_base(base: Path) -> tuple[Any, Any]:
 
     from autoprompt.store import dump_json
 
-    root = Path(os.environ.get(MODEL_CACHE_ENV) or Path.home() / ".cache" / "autoprompt" / "models")
-    key = hashlib.sha256(f"{_sha256(base)} transformers {transformers.__version__}".encode()).hexdigest()[:16]
+    root = model_cache_dir()
+    key = hashlib.sha256(f"{file_sha256(base)} transformers {transformers.__version__}".encode()).hexdigest()[:16]
     folder = root / f"{base.stem}-{key}"
     if (folder / "model.safetensors").is_file():
         try:
@@ -669,18 +665,3 @@ def load_base(base: Path) -> tuple[Any, Any]:
             logger.warning("could not cache the converted base model in %s (%s); the next run converts it again",
                            folder, exc)
     return tokenizer, model
-
-
-def _sha256(path: Path) -> str:
-    """The file's SHA-256, read once per (path, size, mtime): the manifest and the model cache both ask."""
-    stat = Path(path).stat()
-    return _sha256_of(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=8)
-def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
