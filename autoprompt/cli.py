@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -397,7 +398,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     task = autoprompt.load_task(args.task, **_kv(args.task_option, "--task-option"))
     program = autoprompt.load_prompt(args.prompt, task) if args.prompt else task.make_program()
-    if args.cache_dir:
+    if args.cache_dir or os.environ.get("AUTOPROMPT_CACHE_DIR"):
         autoprompt.configure_cache(args.cache_dir)
     with dspy.context(lm=_lm(args).build(), adapter=CompactJSONAdapter()):
         ev = evaluate_program(program, task, args.split, limit=args.limit, progress=not args.no_progress)

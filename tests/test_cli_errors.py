@@ -158,13 +158,28 @@ CATALOGUE = [
 @pytest.mark.parametrize("argv,words", [pytest.param(a, w, id=i) for i, a, w in CATALOGUE])
 def test_bad_input_is_one_line_and_exit_2(argv, words, bad, tmp_path):
     d, files = bad
-    args = [a.format(d=d, **{k: str(v) for k, v in files.items()}) for a in argv]
+    _one_line_exit_2([a.format(d=d, **{k: str(v) for k, v in files.items()}) for a in argv], words, tmp_path)
+
+
+@pytest.mark.parametrize("variable,value,words", [
+    ("AUTOPROMPT_LLAMA_QUANTIZATION", "q5", ["'q5'", "'q8_0'", "$AUTOPROMPT_LLAMA_QUANTIZATION", "'none'"]),
+    ("AUTOPROMPT_MODEL_CACHE", "{file}/models", ["cannot write the q8_0 copy", "Not a directory",
+                                                 "$AUTOPROMPT_MODEL_CACHE", "AUTOPROMPT_LLAMA_QUANTIZATION=none"]),
+])
+def test_bad_environment_is_one_line_and_exit_2(variable, value, words, tmp_path):
+    """The served model's environment: an unknown quantization, a model cache that cannot be written."""
+    (tmp_path / "a-file").write_text("")
+    _one_line_exit_2(["evaluate", str(SENTIMENT), "--limit", "2"], words, tmp_path,
+                     {variable: value.format(file=tmp_path / "a-file")})
+
+
+def _one_line_exit_2(args: list[str], words: list[str], tmp_path: Path, env: dict | None = None) -> None:
     env_cache = {"AUTOPROMPT_CACHE_DIR": str(tmp_path / "cache"), "AUTOPROMPT_DATA_DIR": str(tmp_path / "none")}
     import os
 
     out = subprocess.run([sys.executable, "-m", "autoprompt", *args, "--no-progress"] if args[0] in (
         "evaluate", "optimize", "better-together", "export-data", "decide") else [sys.executable, "-m", "autoprompt", *args],
-        capture_output=True, text=True, env={**os.environ, **env_cache}, timeout=300, cwd=tmp_path)
+        capture_output=True, text=True, env={**os.environ, **env_cache, **(env or {})}, timeout=300, cwd=tmp_path)
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
     assert "Traceback" not in out.stderr

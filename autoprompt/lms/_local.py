@@ -157,7 +157,13 @@ def requantized(source: str | Path, quantization: str) -> Path:
     import llama_cpp
     from llama_cpp._utils import suppress_stdout_stderr
 
-    target.parent.mkdir(parents=True, exist_ok=True)
+    fix = (f"set ${MODEL_CACHE_ENV} to a writable folder, or AUTOPROMPT_LLAMA_QUANTIZATION=none to serve {source.name} "
+           "as it is")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LMError(f"cannot write the {quantization} copy of {source.name} to {target.parent} ({exc}); "
+                      f"{fix}") from exc
     partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
@@ -168,7 +174,8 @@ def requantized(source: str | Path, quantization: str) -> Path:
         status = llama_cpp.llama_model_quantize(str(source).encode(), str(partial).encode(), llama_cpp.byref(params))
     if status != 0 or not partial.is_file():
         partial.unlink(missing_ok=True)
-        raise LMError(f"llama.cpp could not convert {source} to {quantization} (status {status})")
+        raise LMError(f"llama.cpp could not convert {source} to {quantization} in {target.parent} (status {status}); "
+                      f"{fix}")
     os.replace(partial, target)
     logger.info("converted %s to %s in %.1f s: %s", source.name, quantization, time.monotonic() - started, target)
     return target
