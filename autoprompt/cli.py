@@ -243,8 +243,7 @@ def _cmd_better_together(args: argparse.Namespace) -> int:
     if args.resume:  # the cheap checks first: before any data loads
         RunStore.open(args.run_dir, "better-together")
     task_options = _kv(args.task_option, "--task-option")
-    if args.cache_dir:
-        autoprompt.configure_cache(args.cache_dir)
+    autoprompt.configure_cache(args.cache_dir)
     strategies = list(STRATEGIES) if args.all else (args.strategy or ["p -> w -> p"])
     finetune_options = _kv(args.finetune_option, "--finetune-option")
     finetuner = None
@@ -297,8 +296,7 @@ def _cmd_decide(args: argparse.Namespace) -> int:
     from autoprompt.finetune import get_finetuner
 
     get_finetuner("lora", **finetune_options)  # the same for the finetuner's options
-    if args.cache_dir:
-        autoprompt.configure_cache(args.cache_dir)
+    autoprompt.configure_cache(args.cache_dir)
     lm = _lm(args)
     task = autoprompt.load_task(args.task, **task_options)
     decision = autoprompt.decide(
@@ -398,8 +396,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     task = autoprompt.load_task(args.task, **_kv(args.task_option, "--task-option"))
     program = autoprompt.load_prompt(args.prompt, task) if args.prompt else task.make_program()
-    if args.cache_dir or os.environ.get("AUTOPROMPT_CACHE_DIR"):
-        autoprompt.configure_cache(args.cache_dir)
+    autoprompt.configure_cache(args.cache_dir)
     with dspy.context(lm=_lm(args).build(), adapter=CompactJSONAdapter()):
         ev = evaluate_program(program, task, args.split, limit=args.limit, progress=not args.no_progress)
     print(json.dumps(ev.to_dict(), indent=2))

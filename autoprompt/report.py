@@ -33,8 +33,7 @@ def load_run(run_dir: str | Path, *, lm: Any = None, cache_dir: str | None = Non
 
     store = RunStore.open(run_dir, "optimize")
     config, task = store.config, store.load_task()
-    if cache_dir:
-        configure_cache(cache_dir)
+    configure_cache(cache_dir)
     if lm is not None and not isinstance(lm, str):  # an LM object (or an LMSpec) as given
         return config, task, lm.build() if hasattr(lm, "to_dict") else lm
     return config, task, store.lm_spec(lm).build()

@@ -38,11 +38,16 @@ RUN_FORMAT_VERSION = FORMATS["optimize"][1]
 
 
 def configure_cache(cache_dir: str | os.PathLike | None = None, *, enabled: bool = True) -> None:
-    """Where DSPy's LM response cache lives (default: ``$AUTOPROMPT_CACHE_DIR`` or DSPy's default).
+    """Where DSPy's LM response cache lives: ``cache_dir``, else ``$AUTOPROMPT_CACHE_DIR``.
 
-    A rerun of the same optimization with the same cache answers from disk and costs no LM calls.
+    With neither (and ``enabled``), DSPy's cache is left as it is (DSPy's default folder, or what the
+    caller configured before): every command calls this with its ``--cache-dir``, and the variable is
+    honoured by all of them alike. ``enabled=False`` turns the cache off. A rerun of the same
+    optimization with the same cache answers from disk and costs no LM calls.
     """
     cache_dir = cache_dir or os.environ.get("AUTOPROMPT_CACHE_DIR")
+    if not cache_dir and enabled:
+        return
     kwargs: dict[str, Any] = {"enable_disk_cache": enabled, "enable_memory_cache": enabled}
     if cache_dir:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
@@ -209,8 +214,7 @@ def optimize(
         A :class:`Result`; ``result.evaluate("test")`` scores the test split.
     """
     started = time.monotonic()
-    if cache_dir is not None or os.environ.get("AUTOPROMPT_CACHE_DIR"):
-        configure_cache(cache_dir)
+    configure_cache(cache_dir)
     store = RunStore.open(run_dir, "optimize") if resume else None  # a bad run folder fails before any work
     if store is not None and not optimizer_options:
         # resuming with no options given: the run's own optimizer, as its config records it

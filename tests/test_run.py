@@ -61,3 +61,30 @@ def test_bad_arguments(small_task, tmp_path):
         autoprompt.optimize(small_task, budget="lots", run_dir=tmp_path / "x")
     with pytest.raises(ValueError, match="max_calls must be positive"):
         autoprompt.Budget(max_calls=0)
+
+
+def test_configure_cache_honours_the_variable_and_leaves_a_configured_cache_alone(tmp_path, monkeypatch):
+    """Every command calls ``configure_cache(--cache-dir)``: the folder given wins, then $AUTOPROMPT_CACHE_DIR;
+    with neither, the cache configured before stays (it used to be reset to DSPy's folder in $HOME)."""
+    import dspy
+
+    def folder() -> str:
+        return dspy.cache.disk_cache.directory
+
+    session = folder()  # the test session's own cache (conftest)
+    monkeypatch.delenv("AUTOPROMPT_CACHE_DIR", raising=False)
+    try:
+        autoprompt.configure_cache(tmp_path / "given")
+        assert folder() == str(tmp_path / "given") and (tmp_path / "given").is_dir()
+        autoprompt.configure_cache(None)
+        assert folder() == str(tmp_path / "given")
+        monkeypatch.setenv("AUTOPROMPT_CACHE_DIR", str(tmp_path / "from-env"))
+        autoprompt.configure_cache(None)
+        assert folder() == str(tmp_path / "from-env")
+        autoprompt.configure_cache(tmp_path / "given")  # the argument beats the variable
+        assert folder() == str(tmp_path / "given")
+        autoprompt.configure_cache(enabled=False)
+        assert dspy.cache.enable_disk_cache is False and dspy.cache.enable_memory_cache is False
+    finally:
+        autoprompt.configure_cache(session)
+    assert folder() == session and dspy.cache.enable_disk_cache
