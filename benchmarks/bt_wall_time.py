@@ -96,6 +96,7 @@ def run_cell(task: str, seed: int, strategy: str) -> None:
     started = time.monotonic()
     # the invocation's wall time is saved even when it is killed mid-way (kill -9 loses only the running one)
     before["invocations"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": None})
+    RUNS.mkdir(parents=True, exist_ok=True)
     atomic_write(progress, dump_json(before))
     # `python -m autoprompt` in this checkout: the code of the checkout the benchmark runs, not the installed one
     code = subprocess.run([sys.executable, "-m", "autoprompt", *command[1:]], cwd=ROOT, env=env).returncode
