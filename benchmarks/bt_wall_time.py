@@ -107,6 +107,7 @@ def run_cell(task: str, seed: int, strategy: str) -> None:
     seconds = [i["seconds"] for i in before["invocations"]]
     cell = {
         "task": task, "seed": seed, "strategy": strategy, "command": shlex.join(command[:7]),
+        "benchmark": shlex.join(["python", "benchmarks/bt_wall_time.py", *sys.argv[1:]]),
         "wall_seconds": round(sum(s for s in seconds if s is not None), 1), "invocations": len(seconds),
         "resumed": len(seconds) > 1 or None in seconds, "steps": step_rows(run_dir), "code": code_version(),
         "cache": "own empty LM cache and own empty model cache (the Q8_0 conversion included)",
@@ -143,9 +144,14 @@ def report() -> None:
         "default p search, the default w step: up to 1000 balanced traces, LoRA with decoded validation), with "
         "its own empty LM cache and model cache (the Q8_0 conversion of the embedded model included), alone on "
         f"this {cells[0]['threads'] if cells else 2}-core machine. 'wall' is the process's time; a step's 'min' "
-        "includes scoring dev and test, 'fit' is the step without its scoring (the search; the w step's tracing, "
-        "fine-tuning and validation). The vanilla step is the zero-shot program scored. Targets (issue 8): the "
-        f"command <= 30 min; a w step over 1000 SST-2 traces <= {W_TARGET_MINUTES:g} min.")
+        "includes scoring dev and test; 'fit' is the step before its scoring (p: the search, whose last act "
+        "scores its winner on the whole dev split, reused as the step's dev score, so only test is scored after it; "
+        "w: tracing (the program's runs, plus preparing the base model for training on first use), fine-tuning and "
+        "validation). "
+        "The vanilla step is the zero-shot program scored. Targets (issue 8): the command <= 30 min; a w step over "
+        f"1000 SST-2 traces <= {W_TARGET_MINUTES:g} min. Cells: "
+        + "; ".join(f"`{c['command']}` (by `{c.get('benchmark', 'benchmarks/bt_wall_time.py')}`)" for c in cells)
+        + ".")
     write_markdown(HERE / "results" / "bt_wall_time.md", "`autoprompt better-together` at its defaults: wall time",
                    notes, ["task", "seed", "wall min", "step", "step min", "fit min", "dev", "test", "w step",
                            "code"], rows)
