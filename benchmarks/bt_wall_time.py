@@ -8,7 +8,7 @@ process's wall time, each step's time from the run folder's ``step.json`` files 
 w step's tracing + fine-tuning + validation; the rest of a step is scoring dev and test) and the w steps'
 tracing and LoRA figures. Cells land in ``benchmarks/results/bt_wall_time/`` as they finish; a rerun skips
 them, and a run killed midway continues with ``--resume`` (its wall time is then the sum of the
-invocations, and the cell says it was resumed). ``--report`` rebuilds ``bt_wall_time.md`` from the cells:
+invocations that ended; a killed one's time is not known, so the cell says it was resumed). ``--report`` rebuilds ``bt_wall_time.md`` from the cells:
 
     .venv/bin/python benchmarks/bt_wall_time.py --task sentiment --seed 2
     .venv/bin/python benchmarks/bt_wall_time.py --report

@@ -21,10 +21,10 @@ and ``optimizers.png`` from the cells alone:
     .venv/bin/python benchmarks/optimizers.py --task sentiment --calls 1500 --optimizers optuna bfrs simba
     .venv/bin/python benchmarks/optimizers.py --task banking77 --calls 600 --optimizers optuna bfrs simba zero-shot
     .venv/bin/python benchmarks/optimizers.py --task banking77 --calls 300 --optimizers optuna
+    .venv/bin/python benchmarks/optimizers.py --report
 
 (``bfrs`` and ``simba``: the best two DSPy optimizers on SST-2 at 600 calls; the 300-call search is the
 issue's "at <= 50% of their calls".)
-    .venv/bin/python benchmarks/optimizers.py --report
 """
 
 from __future__ import annotations
