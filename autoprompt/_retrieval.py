@@ -22,7 +22,7 @@ from typing import Any
 import dspy
 import numpy as np
 
-__all__ = ["BM25", "Retriever", "attach", "demos_for", "detach", "field_tokens", "retriever_of", "tokenize"]
+__all__ = ["BM25", "Retriever", "attach", "demos_for", "detach", "field_tokens", "retriever_of", "tokenize", "vote"]
 
 TOKEN = re.compile(r"[a-z0-9]+(?:[.,][0-9]+)*")
 K1 = 1.5
@@ -47,6 +47,23 @@ def field_tokens(values: dict[str, Any], fields: list[str]) -> list[str]:
         ['petal_length:5.1', 'petal_width:1.8']
     """
     return [f"{field}:{token}" for field in fields for token in tokenize(values.get(field, ""))]
+
+
+def vote(labels: list[str]) -> str:
+    """The most frequent of ``labels``; a tie goes to the tied label nearest the input (``labels`` in the
+    order :class:`Retriever` returns demos: the nearest last).
+
+    Example:
+        >>> vote(["a", "b", "b", "a"])
+        'a'
+        >>> vote(["b", "a", "b"])
+        'b'
+    """
+    if not labels:
+        raise ValueError("vote needs at least one label")
+    counts = Counter(labels)
+    top = max(counts.values())
+    return next(label for label in reversed(labels) if counts[label] == top)
 
 
 class BM25:

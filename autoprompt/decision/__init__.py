@@ -13,10 +13,12 @@ budget of LM calls per prompt search and of fine-tuning minutes. For each varian
 - wording sensitivity: the score spread over paraphrases of the instruction (written from the
   signature, no LM) and over the prompt search's best trials;
 
-then recommends one with its reasons. The run folder::
+then recommends one with its reasons, beside a reference that needs no LM (a classifier task: the vote of
+the nearest train examples' labels, the same retrieval as the search's per-input demos). The run folder::
 
     config.json  decision.json  decision.md  run.log
     measure/<variant>.json     what was measured per variant (skipped when present: resumable)
+    measure/reference.json     the no-LM reference's per-example test scores
     variants/                  the BetterTogether run (its steps, programs, LMs, scores)
 """
 
@@ -34,6 +36,7 @@ from autoprompt._version import __version__
 from autoprompt.decision._measure import (
     consistency,
     inference_cost,
+    neighbour_vote,
     paraphrases,
     score_program,
     score_with_instruction,
@@ -125,17 +128,20 @@ class Decision:
     variant name), ``reasons`` (sentences), ``run_dir``; :meth:`markdown` is ``decision.md``."""
 
     def __init__(self, *, task: str, variants: dict[str, Variant], recommendation: str, reasons: list[str],
-                 run_dir: Path, config: dict[str, Any]) -> None:
+                 run_dir: Path, config: dict[str, Any], reference: dict[str, Any] | None = None) -> None:
         self.task = task
         self.variants = variants
         self.recommendation = recommendation
         self.reasons = reasons
         self.run_dir = run_dir
         self.config = config
+        #: the no-LM reference (``None``: not a classifier task): ``method``, ``k``, ``accuracy``, ``interval``,
+        #: ``n``, ``dev`` (score per k), ``vs_recommended`` (a paired test on the same test examples)
+        self.reference = reference
 
     def to_dict(self) -> dict[str, Any]:
         return {"task": self.task, "recommendation": self.recommendation, "reasons": self.reasons,
-                "variants": {name: v.to_dict() for name, v in self.variants.items()}}
+                "variants": {name: v.to_dict() for name, v in self.variants.items()}, "reference": self.reference}
 
     def markdown(self) -> str:
         return _markdown(self)
@@ -279,8 +285,11 @@ def decide(
         _data_curve(variants, task, store, data_sizes, common, skipped)
         _compare(variants)
         recommendation, reasons = _recommend(variants, prices)
+        reference = _reference(task, store, limits, variants[recommendation], seed)
+        if reference is not None:
+            reasons.append(_reference_reason(reference, variants[recommendation]))
         decision = Decision(task=task.name, variants=variants, recommendation=recommendation, reasons=reasons,
-                            run_dir=store.path, config=config)
+                            run_dir=store.path, config=config, reference=reference)
         decision.save(store)
         logger.info("decide: recommended %s (%s)", recommendation, reasons[0] if reasons else "")
     return decision
@@ -302,7 +311,8 @@ def load_decision(run_dir: str | os.PathLike) -> Decision:
         v["interval"] = tuple(v["interval"]) if v.get("interval") else None
         variants[name] = Variant(**v)
     return Decision(task=data["task"], variants=variants, recommendation=data["recommendation"],
-                    reasons=data["reasons"], run_dir=store.path, config=store.read_json("config.json"))
+                    reasons=data["reasons"], run_dir=store.path, config=store.read_json("config.json"),
+                    reference=data.get("reference"))  # (runs before the reference have none)
 
 
 def _common(base: Any, calls: int | None, finetune_minutes: float | None, max_traces: int | None,
@@ -534,6 +544,48 @@ def _one_off(strategy: str, steps: Mapping[str, Any], prices: Prices) -> dict[st
         priced = True
     out["cost"] = round(cost, 4) if priced else None
     return out
+
+
+def _reference(task: Any, store: RunStore, limits: Mapping[str, int | None], recommended: Variant,
+               seed: int) -> dict[str, Any] | None:
+    """The no-LM reference (:func:`autoprompt.decision._measure.neighbour_vote`) on the variants' train, dev
+    and test rows; its per-example scores in ``measure/reference.json`` (kept on resume)."""
+    name = "measure/reference.json"
+    if store.exists(name):
+        measured = store.read_json(name)
+    else:
+        measured = neighbour_vote(task, task.examples("train", limit=limits["train"]),
+                                  task.examples("dev", limit=limits["dev"]),
+                                  task.examples("test", limit=limits["test"]))
+        if measured is None:
+            return None
+        store.write_json(name, measured)
+        measured = store.read_json(name)  # as a resumed run reads it (JSON types), so both give the same report
+    scores = measured["scores"]
+    out = {k: measured[k] for k in ("method", "k", "dev", "dev_n")}
+    out.update(accuracy=sum(scores) / len(scores), interval=list(bootstrap_ci(scores, seed=seed)), n=len(scores),
+               vs_recommended=None)
+    if recommended.accuracy is not None and recommended.inputs == measured["inputs"]:
+        out["vs_recommended"] = {"other": recommended.name, **paired_test(scores, recommended.scores)}
+    return out
+
+
+def _reference_reason(ref: Mapping[str, Any], recommended: Variant) -> str:
+    lo, hi = ref["interval"]
+    text = (f"Reference without an LM: the label most frequent among the {ref['k']} train examples nearest to the "
+            f"input (BM25, the search's demo retrieval; k chosen on dev) scores {100 * ref['accuracy']:.1f}% "
+            f"(95% interval {100 * lo:.1f}%-{100 * hi:.1f}%)")
+    test = ref.get("vs_recommended")
+    if test is None:
+        return text + "."
+    gap = 100 * (ref["accuracy"] - recommended.accuracy)  # type: ignore[operator]
+    where = "above" if gap > 0 else "below"
+    text += (f", {abs(gap):.1f} points {where} {recommended.label} on the same examples (p = {test['p_value']:.3g}, "
+             f"{test['test']})")
+    if gap > 0 and test["p_value"] < ALPHA:
+        text += ("; no LM variant here beats a nearest-neighbour classifier on the train split: if the task allows "
+                 "one, it is cheaper and better")
+    return text + "."
 
 
 def _sd(values: list[float]) -> float:

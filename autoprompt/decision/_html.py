@@ -67,9 +67,14 @@ def _plots(decision: Any) -> list[str]:
                     capsize=4, color="#2a7" if v.name == decision.recommendation else "#357")
     ax.set_yticks(range(len(scored)), [v.name for v in scored], fontsize=8)
     ax.invert_yaxis()
+    ref = decision.reference
+    if ref:
+        ax.axvline(100 * ref["accuracy"], color="#999", linestyle=":", label=f"no LM: {ref['k']}-neighbour vote")
+        ax.legend(fontsize=7, loc="lower right")
     ax.set_xlabel("test accuracy % (95% bootstrap interval)")
     out.append(_figure(fig, "plot-accuracy", "Test accuracy of each variant with its 95% bootstrap interval "
-                                             "(the recommended one in green)."))
+                                             "(the recommended one in green" +
+                       ("; dotted: the reference without an LM" if ref else "") + ")."))
     costed = [v for v in scored if v.inference]
     if costed:
         priced = all(v.cost_per_1000_calls is not None for v in costed)

@@ -4,7 +4,8 @@
   response cache off (every call reaches the model);
 - consistency: repeated answers at temperature > 0 agreeing with the greedy answer;
 - wording sensitivity: the score over paraphrases of the instruction, written without an LM from the
-  signature (:func:`paraphrases`), and over the prompt search's best trials.
+  signature (:func:`paraphrases`), and over the prompt search's best trials;
+- the reference without an LM: the labels of the nearest train examples, voted (:func:`neighbour_vote`).
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ from autoprompt._instructions import paraphrases
 from autoprompt.evaluate import run_one
 from autoprompt.usage import Meter
 
-__all__ = ["consistency", "inference_cost", "paraphrases", "score_program", "score_with_instruction",
-           "task_paraphrases"]
+__all__ = ["NEIGHBOUR_KS", "consistency", "inference_cost", "neighbour_vote", "paraphrases", "score_program",
+           "score_with_instruction", "task_paraphrases"]
 
 logger = logging.getLogger(__name__)
+
+#: the neighbour counts the reference chooses from (on the dev split)
+NEIGHBOUR_KS = (1, 4, 8, 16, 32)
 
 
 def _with_instructions(program: dspy.Module, instructions: dict[str, str]) -> dspy.Module:
@@ -116,3 +120,32 @@ def _sampling(program: dspy.Module, temperature: float, rollout: int) -> dspy.Mo
     for _, predictor in copy.named_predictors():
         predictor.config = {**(predictor.config or {}), "temperature": temperature, "rollout_id": rollout}
     return copy
+
+
+def neighbour_vote(task: Any, train: Sequence[Any], dev: Sequence[Any], test: Sequence[Any],
+                   ks: Sequence[int] = NEIGHBOUR_KS) -> dict[str, Any] | None:
+    """The reference a classifier needs no LM for: the label most frequent among the ``k`` train examples
+    nearest to the input (BM25 over the input fields, the prompt search's per-input demo retrieval), ``k``
+    chosen on ``dev`` (ties: the smaller), scored on ``test`` with the task's metric.
+
+    ``None`` when the task declares no label choices or the train examples lack the input fields.
+    Returns ``k``, ``dev`` (the score per ``k``), ``scores`` (per test example) and ``inputs``.
+    """
+    from autoprompt._retrieval import Retriever, vote
+
+    fields, label = list(task.input_fields), task.label_field
+    if not task.choices or not train or not dev or not test or any(f not in train[0] for f in (*fields, label)):
+        return None
+    retriever = Retriever([dict(ex) for ex in train], fields, max(ks))
+
+    def score(examples: Sequence[Any], k: int) -> list[float]:
+        out = []
+        for ex in examples:
+            neighbours = [str(d[label]) for d in retriever({f: ex[f] for f in fields})][-k:]  # the nearest last
+            out.append(float(task.metric(ex, dspy.Prediction(**{label: vote(neighbours)}))))
+        return out
+
+    by_k = {k: score(dev, k) for k in ks}
+    best = max(ks, key=lambda k: (sum(by_k[k]), -k))
+    return {"method": "bm25-vote", "k": best, "dev": {str(k): round(sum(v) / len(v), 4) for k, v in by_k.items()},
+            "dev_n": len(dev), "scores": score(test, best), "inputs": [{f: ex[f] for f in fields} for ex in test]}

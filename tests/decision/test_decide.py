@@ -128,6 +128,61 @@ def test_the_page_and_the_markdown_carry_the_table_and_the_plots(tmp_path: Path)
     assert (tmp_path / "page.png").stat().st_size > 10_000
 
 
+# -- the reference without an LM ------------------------------------------------------------------------
+def test_the_neighbour_vote_chooses_k_on_dev_and_scores_test_with_the_task_metric() -> None:
+    from autoprompt._retrieval import vote
+    from autoprompt.decision._measure import neighbour_vote
+
+    assert vote(["a", "b", "b", "a"]) == "a" and vote(["b", "a", "b"]) == "b"  # ties: the nearest (last) label
+    train = [{"text": "great film", "label": "positive"}, {"text": "dull film", "label": "negative"},
+             {"text": "dull plot", "label": "negative"}, {"text": "dull cast", "label": "negative"},
+             {"text": "film noir", "label": "negative"}]
+    dev = [{"text": "great great film", "label": "positive"}, {"text": "dull dull plot", "label": "negative"}]
+    test = [{"text": "great great cast", "label": "positive"}, {"text": "dull film twist", "label": "positive"}]
+    task = autoprompt.Task(name="toy", program="text -> label", train=train, dev=dev, test=test,
+                           choices=["positive", "negative"])
+    got = neighbour_vote(task, task.examples("train"), task.examples("dev"), task.examples("test"), ks=(1, 4))
+    # dev: k=1 right twice (nearest: "great film", "dull plot"); k=4 wrong on "great great film" (its other three
+    # neighbours are negative) -> k=1. test: "great great cast" -> "great film" (right); "dull film twist" ->
+    # "dull film" -> negative (wrong)
+    assert got["k"] == 1 and got["dev"] == {"1": 1.0, "4": 0.5} and got["dev_n"] == 2
+    assert got["scores"] == [1.0, 0.0] and got["inputs"] == [{"text": t["text"]} for t in test]
+    rows = [{"text": r["text"], "summary": r["label"]} for r in train]  # free text: nothing to vote on
+    free = autoprompt.Task(name="free", program="text -> summary", train=rows, dev=rows, test=rows)
+    assert neighbour_vote(free, free.examples("train"), free.examples("dev"), free.examples("test")) is None
+
+
+def test_the_reference_is_compared_with_the_recommended_variant_on_the_same_examples(tmp_path: Path) -> None:
+    from autoprompt.decision import Decision, _reference, _reference_reason, load_decision
+    from autoprompt.store import RunStore
+
+    store = RunStore.create("decide", path=tmp_path / "run")
+    store.write_json("config.json", {"task": {"name": "toy"}})
+    scores = [1.0] * 180 + [0.0] * 20
+    store.write_json("measure/reference.json", {"method": "bm25-vote", "k": 8, "dev": {"8": 0.9}, "dev_n": 10,
+                                                "scores": scores, "inputs": list(range(200))})
+    p = _variant("p", 150)
+    ref = _reference(None, store, {}, p, seed=0)  # loaded from measure/: the task is not read again
+    assert ref["accuracy"] == 0.9 and ref["n"] == 200 and ref["interval"] == list(bootstrap_ci(scores))
+    assert ref["vs_recommended"]["other"] == "p" and ref["vs_recommended"]["p_value"] < 0.05
+    reason = _reference_reason(ref, p)
+    assert "among the 8 train examples nearest" in reason and "scores 90.0%" in reason
+    assert "15.0 points above p" in reason and "cheaper and better" in reason
+    behind = _reason_for(store, _variant("w", 190))
+    assert "5.0 points below w" in behind and "cheaper" not in behind
+    decision = Decision(task="toy", variants={"p": p}, recommendation="p", reasons=[reason], run_dir=store.path,
+                        config={}, reference=ref)
+    decision.save(store)
+    assert "no LM: 8-neighbour vote" in (store.path / "decision.html").read_text()
+    assert load_decision(store.path).reference == json.loads(json.dumps(ref))  # round-trips through decision.json
+
+
+def _reason_for(store, variant: Variant) -> str:
+    from autoprompt.decision import _reference, _reference_reason
+
+    return _reference_reason(_reference(None, store, {}, variant, seed=0), variant)
+
+
 def test_prices_per_1000_calls() -> None:
     inference = {"prompt_tokens_per_call": 300.0, "completion_tokens_per_call": 10.0}
     assert Prices(input=0.5, output=1.5).per_1000_calls(inference) == pytest.approx(1000 * (150 + 15) / 1e6)

@@ -95,6 +95,18 @@ def test_decide_reports_every_variant_from_its_run_files(decided) -> None:
     for name, v in scored.items():
         assert f"{100 * v['accuracy']:.1f}" in md
     assert "Recommendation:" in md
+    # the reference without an LM: its per-example scores in measure/, on the variants' test examples
+    ref, measured = decision["reference"], json.loads((run / "measure" / "reference.json").read_text())
+    assert ref["method"] == "bm25-vote" and ref["k"] in (1, 4, 8, 16, 32) and ref["dev_n"] == 10
+    assert ref["n"] == len(measured["scores"]) == 12 and ref["accuracy"] == pytest.approx(sum(measured["scores"]) / 12)
+    assert ref["interval"] == pytest.approx(list(bootstrap_ci(measured["scores"])))
+    assert ref["dev"][str(ref["k"])] == max(ref["dev"].values())
+    chosen = decision["recommendation"].replace(" -> ", "-")
+    records = [json.loads(line) for line in
+               (run / "variants" / "steps" / chosen / "evaluations" / "test.jsonl").read_text().splitlines()]
+    assert measured["inputs"] == [r["inputs"] for r in records]
+    assert ref["vs_recommended"]["other"] == decision["recommendation"]
+    assert "Reference without an LM" in md and f"{100 * ref['accuracy']:.1f}%" in md
     assert "recommendation:" in out.stdout and str(run / "decision.md") in out.stdout
     assert [p["examples"] for p in variants["p"]["data_curve"]] == [10, 20]
     assert [p["examples"] for p in variants["w"]["data_curve"]] == [10, 20]
