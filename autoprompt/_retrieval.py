@@ -5,7 +5,9 @@ examples of its pool whose input fields score highest (Okapi BM25; a token is a 
 field, so ``petal_length:5.1`` matches only the same value of the same field) against the call's inputs, the most
 similar last (next to the input), an example whose inputs equal the call's skipped (so a program run over
 its own pool never sees the answer as a demo). Everything is deterministic: ties go to the earlier pool
-example.
+example. With ``order="vote"`` the same ``k`` demos are grouped by label, the label most of them carry
+last (ties: the label of the nearest demo), each group nearest last: a small model that copies the
+label next to the input then answers the neighbours' vote (:func:`vote`) rather than the nearest one's.
 
 Why BM25 written here rather than a library: the retrieval pool is at most a train split (thousands of
 short texts), the score is a few lines of numpy over an inverted index, and the libraries that ship it
@@ -22,11 +24,14 @@ from typing import Any
 import dspy
 import numpy as np
 
-__all__ = ["BM25", "Retriever", "attach", "demos_for", "detach", "field_tokens", "retriever_of", "tokenize", "vote"]
+__all__ = ["BM25", "ORDERS", "Retriever", "attach", "demos_for", "detach", "field_tokens", "retriever_of", "tokenize",
+           "vote"]
 
 TOKEN = re.compile(r"[a-z0-9]+(?:[.,][0-9]+)*")
 K1 = 1.5
 B = 0.75
+#: how a retriever orders its demos: by similarity (nearest last), or grouped by label, the vote's label last
+ORDERS = ("similarity", "vote")
 
 
 def tokenize(text: str) -> list[str]:
@@ -119,6 +124,9 @@ class Retriever:
         pool: labelled examples (dicts holding at least the input fields).
         input_fields: the fields compared (joined by spaces).
         k: demos per call.
+        order: ``"similarity"`` (the nearest last) or ``"vote"`` (grouped by ``label_field``, the label
+            most of the ``k`` carry last; see the module docstring).
+        label_field: the field ``order="vote"`` groups by.
 
     Example:
         >>> pool = [{"text": "a fine film", "label": "positive"},
@@ -126,16 +134,29 @@ class Retriever:
         ...         {"text": "rain today", "label": "negative"}]
         >>> [d.label for d in Retriever(pool, ["text"], k=2)({"text": "what a fine film"})]
         ['negative', 'positive']
+        >>> pool[2]["text"] = "a dull plot"
+        >>> [d.label for d in Retriever(pool, ["text"], k=3)({"text": "what a fine film"})]
+        ['negative', 'negative', 'positive']
+        >>> by_vote = Retriever(pool, ["text"], k=3, order="vote", label_field="label")
+        >>> [d.label for d in by_vote({"text": "what a fine film"})]
+        ['positive', 'negative', 'negative']
     """
 
     method = "bm25"
 
-    def __init__(self, pool: list[dict[str, Any]], input_fields: list[str], k: int) -> None:
+    def __init__(self, pool: list[dict[str, Any]], input_fields: list[str], k: int, *, order: str = "similarity",
+                 label_field: str | None = None) -> None:
         if k < 0:
             raise ValueError(f"k must be >= 0, got {k}")
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {list(ORDERS)}, got {order!r}")
+        if order == "vote" and not label_field:
+            raise ValueError("order='vote' needs the label_field to group the demos by")
         self.pool = [dict(example) for example in pool]
         self.input_fields = list(input_fields)
         self.k = k
+        self.order = order
+        self.label_field = label_field if order == "vote" else None
         self._keys = [self._key(example) for example in self.pool]
         self.index = BM25([field_tokens(example, self.input_fields) for example in self.pool])
 
@@ -154,19 +175,34 @@ class Retriever:
                 picked.append(int(i))
                 if len(picked) == self.k:
                     break
+        if self.order == "vote":
+            picked = self._by_vote(picked)
         return [dspy.Example(**self.pool[i]).with_inputs(*self.input_fields) for i in reversed(picked)]
 
+    def _by_vote(self, picked: list[int]) -> list[int]:
+        """``picked`` (nearest first) regrouped, still nearest first: the vote's label first, then the others
+        by fewer votes, ties by their nearest demo (so that reversed, the vote's label is next to the input)."""
+        labels = [str(self.pool[i].get(self.label_field)) for i in picked]
+        counts = Counter(labels)
+        groups = sorted(dict.fromkeys(labels), key=lambda label: (-counts[label], labels.index(label)))
+        return [i for label in groups for i, own in zip(picked, labels) if own == label]
+
     def spec(self) -> dict[str, Any]:
-        """What a prompt document stores to rebuild this retriever."""
-        return {"method": self.method, "k": self.k, "input_fields": self.input_fields, "pool": self.pool,
-                "k1": K1, "b": B}
+        """What a prompt document stores to rebuild this retriever (``order`` and ``label_field`` only
+        when the order is not the default: documents of similarity-ordered demos keep their bytes)."""
+        out = {"method": self.method, "k": self.k, "input_fields": self.input_fields, "pool": self.pool,
+               "k1": K1, "b": B}
+        if self.order != "similarity":
+            out.update(order=self.order, label_field=self.label_field)
+        return out
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> "Retriever":
         if spec.get("method") != cls.method:
             raise ValueError(f"demo retrieval method {spec.get('method')!r} is not known; this autoprompt "
                              f"retrieves with {cls.method!r}")
-        return cls(spec["pool"], spec["input_fields"], int(spec["k"]))
+        return cls(spec["pool"], spec["input_fields"], int(spec["k"]), order=spec.get("order", "similarity"),
+                   label_field=spec.get("label_field"))
 
 
 class _Retrieving:

@@ -9,6 +9,8 @@ Moves (a cell is task x seed x move):
 - ``labeled-K``: K labelled train examples as fixed demos, balanced over the labels (the search's labelled
   demo sets; the seed picks them);
 - ``retrieved-K``: the K train examples nearest to each input by BM25 (``retrieved_demos=True``);
+- ``retrieved-K-vote``: the same K demos grouped by label, the label most of them carry next to the input
+  (``demo_order="vote"``);
 - ``<move>+cal``: the move with its label choice calibrated on content-free inputs (``calibrate=True``,
   :mod:`autoprompt._calibration`; 3 more LM calls, not counted in the s/example); ``+cal50``: at half
   strength.
@@ -20,6 +22,8 @@ Only ``labeled-K`` depends on a seed; the other moves are greedy and run once.
 
     .venv/bin/python benchmarks/search_moves.py --task sentiment --seeds 0 1 2
     .venv/bin/python benchmarks/search_moves.py --task banking77 --moves zero-shot retrieved-4
+    .venv/bin/python benchmarks/search_moves.py --task sentiment --moves retrieved-4-vote retrieved-8-vote
+    .venv/bin/python benchmarks/search_moves.py --task banking77 --moves retrieved-4-vote
     .venv/bin/python benchmarks/search_moves.py --report
 """
 
@@ -53,7 +57,7 @@ from _common import code_version, write_markdown  # noqa: E402
 CELLS = HERE / "results" / "search_moves"
 OUT = HERE / "results" / "search_moves.md"
 MOVES = ["zero-shot", "zero-shot+cal", "zero-shot+cal50", "template-1", "template-2", "template-3", "template-4", "labeled-4",
-         "labeled-4+cal", "labeled-4+cal50", "retrieved-4", "retrieved-4+cal", "retrieved-4+cal50", "retrieved-8"]
+         "labeled-4+cal", "labeled-4+cal50", "retrieved-4", "retrieved-4+cal", "retrieved-4+cal50", "retrieved-8", "retrieved-4-vote", "retrieved-8-vote"]
 LIMITS = {"sentiment": 200, "iris": None, "banking77": 154}  # dev rows scored (seeded, label-stratified)
 logger = logging.getLogger("benchmarks.search_moves")
 
@@ -80,7 +84,10 @@ def program_for(task: Any, move: str, seed: int) -> dspy.Module:
             predictor.demos = [dspy.Example(**{k: v for k, v in ex.items() if k in fields}) for ex in sample]
         elif move.startswith("retrieved-"):
             pool = [{k: v for k, v in ex.items() if k in fields} for ex in task.examples("train")]
-            attach(predictor, Retriever(pool, list(predictor.signature.input_fields), int(move.split("-")[1])))
+            k, _, order = move.removeprefix("retrieved-").partition("-")
+            attach(predictor, Retriever(pool, list(predictor.signature.input_fields), int(k),
+                                        order="vote" if order == "vote" else "similarity",
+                                        label_field=task.label_field))
         elif move != "zero-shot":
             raise SystemExit(f"unknown move {move!r}; moves: {', '.join(MOVES)}")
         if strength:

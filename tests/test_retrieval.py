@@ -57,6 +57,27 @@ def test_retriever_gives_the_nearest_best_last_and_never_the_input_itself():
         Retriever(POOL, ["text"], k=-1)
 
 
+def test_vote_order_puts_the_label_most_neighbours_carry_next_to_the_input():
+    query = {"text": "a gripping film, dull acting"}
+    nearest = [d.text for d in Retriever(POOL, ["text"], k=3)(query)]
+    # by similarity the nearest (positive) is last, but two of the three are negative
+    assert nearest == [POOL[2]["text"], POOL[1]["text"], POOL[0]["text"]]
+    by_vote = Retriever(POOL, ["text"], k=3, order="vote", label_field="label")
+    demos = by_vote(query)
+    assert [d.label for d in demos] == ["positive", "negative", "negative"]
+    assert [d.text for d in demos] == [POOL[0]["text"], POOL[2]["text"], POOL[1]["text"]]  # each group nearest last
+    # a tie (2 and 2) goes to the label of the nearest demo
+    four = Retriever(POOL, ["text"], k=4, order="vote", label_field="label")(query)
+    assert [d.text for d in four] == [POOL[2]["text"], POOL[1]["text"], POOL[3]["text"], POOL[0]["text"]]
+    assert by_vote.spec()["order"] == "vote" and by_vote.spec()["label_field"] == "label"
+    assert "order" not in Retriever(POOL, ["text"], k=3).spec()  # similarity documents keep their bytes
+    assert [d.text for d in Retriever.from_spec(by_vote.spec())(query)] == [d.text for d in demos]
+    with pytest.raises(ValueError, match="order must be one of \\['similarity', 'vote'\\]"):
+        Retriever(POOL, ["text"], k=3, order="random")
+    with pytest.raises(ValueError, match="needs the label_field"):
+        Retriever(POOL, ["text"], k=3, order="vote")
+
+
 def test_an_attached_predictor_sends_the_retrieved_demos_and_survives_copies():
     from dspy.utils.dummies import DummyLM
 
@@ -106,6 +127,18 @@ def test_retrieval_travels_through_the_prompt_file_and_the_exports(small_task, t
     text = export_prompt(document, tmp_path / "p.txt", format="text").read_text()
     assert f"3 nearest of {len(pool)} labelled examples" in text and "cannot carry them" in text
 
+    # demos ordered by vote: format_version 3 (a reader of 2 would order them by similarity), the same demos
+    # rendered from the file as the program sends, and the rule says how
+    attach(predictor, Retriever(pool, ["text"], k=3, order="vote", label_field="label"))
+    voted = prompt_document(program, task=small_task)
+    assert voted["format_version"] == 3 and voted["predictors"][0]["retrieval"]["order"] == "vote"
+    path = export_prompt(voted, tmp_path / "voted.json", format="json")
+    assert render_messages(read_prompt(path), query) == dspy.JSONAdapter().format(
+        predictor.signature, demos_for(predictor, query), query)
+    assert retriever_of(autoprompt.load_prompt(path, small_task).predictors()[0]).order == "vote"
+    rule = json.loads(export_prompt(voted, tmp_path / "v.messages.json", format="messages").read_text())
+    assert "'order' 'vote'" in rule["predictors"][0]["demos_per_input"]["rule"]
+
     document["predictors"][0]["retrieval"]["method"] = "dense"
     with pytest.raises(autoprompt.ExportError, match="'dense' is not known"):
         autoprompt.load_prompt(document, small_task)
@@ -141,3 +174,36 @@ def test_the_search_offers_retrieved_demos_and_exports_the_winner(small_task, tm
     document = json.loads((result.run_dir / "prompt.json").read_text())
     best = result.study.best_trial.params
     assert ("retrieval" in document["predictors"][0]) == bool(best.get("self.retrieve"))
+
+
+def test_the_search_orders_retrieved_demos_by_vote_when_asked(small_task, tmp_path):
+    """``demo_order="search"``: a retrieving trial samples ``self.demo_order`` (the warm start takes similarity)
+    and its program's retriever uses it; ``"vote"``: every retrieving trial votes, no parameter; a value
+    that does not exist is one line naming the choices."""
+    from dspy.utils.dummies import DummyLM
+
+    from autoprompt.optimizers.optuna._trial import build_program
+
+    lm = DummyLM([{"label": "positive"}] * 400, adapter=dspy.JSONAdapter())
+    common = dict(lm=lm, dev_limit=4, progress=False, optimizer="optuna", n_trials=8, n_instructions=0,
+                  n_demo_sets=1, max_demos=2, minibatches=(4,), pruner="none", calibrate=False)
+    result = autoprompt.optimize(small_task, run_dir=tmp_path / "search", demo_order="search", **common)
+    pool = result.study.user_attrs["pool"]
+    assert pool["predictors"]["self"]["demo_orders"] == ["similarity", "vote"]
+    trials = result.study.trials
+    assert trials[0].params["self.demo_order"] == "similarity"
+    retrieving = [t for t in trials if t.params.get("self.retrieve")]
+    assert all("self.demo_order" in t.params for t in retrieving)
+    assert not any("self.demo_order" in t.params for t in trials if not t.params.get("self.retrieve"))
+    for trial in retrieving:
+        retriever = retriever_of(build_program(small_task, pool, trial.params).predictors()[0])
+        assert retriever.order == trial.params["self.demo_order"] and retriever.label_field in (None, "label")
+
+    voted = autoprompt.optimize(small_task, run_dir=tmp_path / "vote", demo_order="vote", **common)
+    pool = voted.study.user_attrs["pool"]
+    assert pool["predictors"]["self"]["demo_orders"] == ["vote"]
+    first = voted.study.trials[0]
+    assert "self.demo_order" not in first.params and first.params["self.retrieve"]
+    assert retriever_of(build_program(small_task, pool, first.params).predictors()[0]).order == "vote"
+    with pytest.raises(autoprompt.OptionError, match="demo_order must be one of \\['similarity', 'vote', 'search'\\]"):
+        autoprompt.optimizers.get_optimizer("optuna", demo_order="nearest")

@@ -18,8 +18,11 @@ RETRIEVAL_RULE = (
     "example are, for each input field in order, the matches of [a-z0-9]+(?:[.,][0-9]+)* in its lower-cased "
     "value, each written '<field>:<match>'; score every pool example "
     "with Okapi BM25 (k1, b as given; idf = ln(1 + (N - df + 0.5) / (df + 0.5)); each distinct query "
-    "token once); skip an example whose input fields equal the call's; take the k best (ties: the earlier "
-    "pool example) and insert them, the best last, as demo turns (a user message with the input fields, "
+    "token once); skip an example whose input fields equal the call's; take the k best, best first (ties: "
+    "the earlier pool example); with 'order' 'vote', regroup that list by its 'label_field' values: the label "
+    "most of them carry first, then the others by fewer, ties to the label whose best example ranks higher, "
+    "each group keeping its order; insert the list reversed (the last demo is the best one, with 'vote' the "
+    "vote's best one) as demo turns (a user message with the input fields, "
     "an assistant message with the output fields as JSON) between the system message and the final user "
     "message. autoprompt.render_messages(prompt_json, inputs) renders exactly these messages."
 )

@@ -2,7 +2,8 @@
 
 Shape (``format_version`` 1; keys sorted, 2-space indent, so the same program gives the same bytes;
 ``format_version`` 2 when a predictor retrieves its demos per input: it then has a ``retrieval`` entry,
-``{"method": "bm25", "k", "input_fields", "pool", "k1", "b"}``, and empty ``demos``)::
+``{"method": "bm25", "k", "input_fields", "pool", "k1", "b"}``, and empty ``demos``; ``format_version`` 3
+when those demos are ordered by their labels' vote: the entry adds ``"order": "vote"`` and ``label_field``)::
 
     {"format": "autoprompt.prompt", "format_version": 1, "autoprompt_version": "0.1.0",
      "task": "sentiment", "lm": {...}, "seed": 0, "optimizer": "optuna", "scores": {...},
@@ -32,8 +33,9 @@ __all__ = ["FORMAT", "FORMAT_VERSION", "dump_json", "load_prompt", "prompt_docum
 
 FORMAT = "autoprompt.prompt"
 FORMAT_VERSION = 1
-RETRIEVAL_FORMAT_VERSION = 2  # written when a predictor retrieves demos; read: both
-READS = (FORMAT_VERSION, RETRIEVAL_FORMAT_VERSION)
+RETRIEVAL_FORMAT_VERSION = 2  # written when a predictor retrieves demos; read: all three
+VOTE_ORDER_FORMAT_VERSION = 3  # ... and orders them by vote (a reader of 2 would order them by similarity)
+READS = (FORMAT_VERSION, RETRIEVAL_FORMAT_VERSION, VOTE_ORDER_FORMAT_VERSION)
 
 
 def _field(name: str, info: Any) -> dict[str, Any]:
@@ -73,9 +75,11 @@ def prompt_document(program: dspy.Module, *, task: Any, meta: dict[str, Any] | N
             entry["retrieval"] = retriever.spec()
         predictors.append(entry)
     retrieves = any("retrieval" in p for p in predictors)
+    votes = any(p.get("retrieval", {}).get("order", "similarity") != "similarity" for p in predictors)
     document = {
         "format": FORMAT,
-        "format_version": RETRIEVAL_FORMAT_VERSION if retrieves else FORMAT_VERSION,
+        "format_version": VOTE_ORDER_FORMAT_VERSION if votes else RETRIEVAL_FORMAT_VERSION if retrieves else
+        FORMAT_VERSION,
         "autoprompt_version": __version__,
         "task": task.name,
         "adapter": ADAPTER_NAME,

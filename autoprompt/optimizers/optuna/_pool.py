@@ -6,7 +6,8 @@ without an LM (:func:`autoprompt._instructions.paraphrases`), and instructions t
 labels, and demos bootstrapped from the program's own passing traces; with ``calibrate``, whether a trial
 may calibrate the predictor's label choice; with ``retrieval``, the labelled
 train split itself, from which a trial may take per-input demos instead (the nearest examples by BM25,
-:mod:`autoprompt._retrieval`). The pool is stored in the study
+:mod:`autoprompt._retrieval`), and ``demo_orders``, the orders of those demos a trial may take (``vote``:
+only for a predictor that outputs the task's label). The pool is stored in the study
 (``study.user_attrs["pool"]``, versioned) so that every worker and every reader uses the same one.
 """
 
@@ -48,7 +49,8 @@ class ProposeInstruction(dspy.Signature):
 
 
 def build_pool(program: dspy.Module, task: Any, context: Context, *, max_demos: int, n_demo_sets: int,
-               n_instructions: int, n_templates: int = 0, retrieval: bool = False, calibrate: bool = False) -> dict:
+               n_instructions: int, n_templates: int = 0, retrieval: bool = False, calibrate: bool = False,
+               demo_orders: tuple[str, ...] = ("similarity",)) -> dict:
     """Instructions and demo sets per predictor; see the module docstring."""
     rng = random.Random(context.seed)
     pool: dict[str, Any] = {"version": POOL_VERSION, "predictors": {}, "skipped": {}}
@@ -81,6 +83,9 @@ def build_pool(program: dspy.Module, task: Any, context: Context, *, max_demos: 
             pool["predictors"][name]["retrieval"] = [
                 {k: v for k, v in ex.items() if k in fields} for ex in context.trainset
             ]
+            orders = [o for o in demo_orders if o != "vote" or task.label_field in predictor.signature.output_fields]
+            if orders != ["similarity"]:  # (pools before the option hold no key: similarity)
+                pool["predictors"][name]["demo_orders"] = orders or ["similarity"]
         elif retrieval and max_demos:
             logger.info("predictor %s: no per-input demos (the train examples lack its inputs %s)", name, inputs)
         if calibrate:

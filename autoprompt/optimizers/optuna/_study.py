@@ -9,6 +9,8 @@ from typing import Any
 
 import dspy
 
+from autoprompt._exceptions import OptionError
+from autoprompt._retrieval import ORDERS
 from autoprompt.optimizers._base import BaseOptimizer, Context
 from autoprompt.optimizers.optuna._pool import build_pool
 from autoprompt.optimizers.optuna._trial import build_program, run_trial, start_params
@@ -16,6 +18,9 @@ from autoprompt.optimizers.optuna._trial import build_program, run_trial, start_
 __all__ = ["OptunaSearch"]
 
 logger = logging.getLogger(__name__)
+
+#: the values of ``OptunaSearch(demo_order=)``
+DEMO_ORDERS = (*ORDERS, "search")
 
 
 class OptunaSearch(BaseOptimizer):
@@ -42,6 +47,13 @@ class OptunaSearch(BaseOptimizer):
             :mod:`autoprompt._retrieval`; parameter ``<predictor>.retrieve``). On by default: alone, 4
             retrieved demos scored 70.0% on SST-2 dev (zero-shot 55.5, 4 fixed labelled demos 65.2 on
             average) and 74% on Iris (30 and 30; ``benchmarks/results/search_moves.md``).
+        demo_order: the order of the per-input demos: ``"similarity"`` (the nearest next to the input),
+            ``"vote"`` (grouped by label, the label most of them carry next to the input:
+            :class:`autoprompt._retrieval.Retriever`) or ``"search"`` (a parameter,
+            ``<predictor>.demo_order``; the warm start takes similarity). Why vote: shown 4 neighbours,
+            the 135M model answers about as well as the nearest one's label and below their vote
+            (``benchmarks/results/retrieval_ceiling.md``); the order only applies to a predictor that
+            outputs the task's label.
         warm_start: a new study's first trial is the configuration the moves benchmark found best on
             every shipped task (4 per-input demos, the task's own instruction, uncalibrated; see
             :func:`autoprompt.optimizers.optuna._trial.start_params`), then TPE samples as usual. At 600 LM calls
@@ -74,6 +86,7 @@ class OptunaSearch(BaseOptimizer):
         n_templates: int = 0,
         retrieved_demos: bool = True,
         calibrate: bool = True,
+        demo_order: str = "similarity",
         warm_start: bool = True,
         minibatches: tuple[int, ...] = (20, 50),
         max_dev: int | None = 100,
@@ -91,6 +104,9 @@ class OptunaSearch(BaseOptimizer):
         self.n_templates = n_templates
         self.retrieved_demos = retrieved_demos
         self.calibrate = calibrate
+        if demo_order not in DEMO_ORDERS:
+            raise OptionError(f"demo_order must be one of {list(DEMO_ORDERS)}, got {demo_order!r}")
+        self.demo_order = demo_order
         self.warm_start = warm_start
         self.minibatches = tuple(minibatches)
         self.max_dev = max_dev
@@ -175,7 +191,8 @@ class OptunaSearch(BaseOptimizer):
         if pool is None:
             pool = build_pool(program, task, context, max_demos=self.max_demos, n_demo_sets=self.n_demo_sets,
                               n_instructions=self.n_instructions, n_templates=self.n_templates,
-                              retrieval=self.retrieved_demos, calibrate=self.calibrate)
+                              retrieval=self.retrieved_demos, calibrate=self.calibrate,
+                              demo_orders=ORDERS if self.demo_order == "search" else (self.demo_order,))
             latest = optuna.load_study(study_name=self.study_name, storage=study._storage).user_attrs.get("pool")
             if latest is None:
                 study.set_user_attr("pool", pool)

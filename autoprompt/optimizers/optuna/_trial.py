@@ -42,7 +42,9 @@ def build_program(task: Any, pool: dict, params: dict[str, Any], task_params: di
         predictor.signature = predictor.signature.with_instructions(instruction)
         n_demos = params.get(f"{name}.n_demos", 0)
         if params.get(f"{name}.retrieve") and n_demos > 0:  # per-input demos, nearest train examples
-            attach(predictor, Retriever(cands["retrieval"], list(predictor.signature.input_fields), n_demos))
+            order = params.get(f"{name}.demo_order", cands.get("demo_orders", ["similarity"])[0])
+            attach(predictor, Retriever(cands["retrieval"], list(predictor.signature.input_fields), n_demos,
+                                        order=order, label_field=task.label_field))
         else:
             demo_set = cands["demo_sets"][params.get(f"{name}.demo_set", 0)] if cands["demo_sets"] else []
             predictor.demos = [dspy.Example(**d) for d in demo_set[:n_demos]]
@@ -78,6 +80,8 @@ def start_params(pool: dict, *, max_demos: int) -> dict[str, Any]:
         if not cands.get("retrieval") or max_demos <= 0:
             continue
         params.update({f"{name}.instruction": 0, f"{name}.n_demos": min(4, max_demos), f"{name}.retrieve": True})
+        if len(cands.get("demo_orders", ())) > 1:
+            params[f"{name}.demo_order"] = cands["demo_orders"][0]
         if cands.get("calibrate"):
             params[f"{name}.calibrate"] = 0.0
     return params
@@ -104,6 +108,8 @@ def suggest(trial: Any, task: Any, pool: dict, *, max_demos: int, temperatures: 
             if retrieval and n_demos > 0:  # per-input demos
                 retrieve = trial.suggest_categorical(f"{name}.retrieve", [False, True] if cands["demo_sets"] else [True])
                 params[f"{name}.retrieve"] = retrieve
+            if retrieve and len(cands.get("demo_orders", ())) > 1:
+                params[f"{name}.demo_order"] = trial.suggest_categorical(f"{name}.demo_order", cands["demo_orders"])
             if n_demos > 0 and not retrieve:
                 params[f"{name}.demo_set"] = trial.suggest_categorical(
                     f"{name}.demo_set", list(range(len(cands["demo_sets"])))
