@@ -24,8 +24,8 @@ from typing import Any
 import dspy
 import numpy as np
 
-__all__ = ["BM25", "ORDERS", "Retriever", "attach", "demos_for", "detach", "field_tokens", "retriever_of", "tokenize",
-           "vote"]
+__all__ = ["BM25", "ORDERS", "Retriever", "attach", "demos_for", "detach", "field_tokens", "neighbour_votes",
+           "retriever_of", "tokenize", "vote"]
 
 TOKEN = re.compile(r"[a-z0-9]+(?:[.,][0-9]+)*")
 K1 = 1.5
@@ -203,6 +203,27 @@ class Retriever:
                              f"retrieves with {cls.method!r}")
         return cls(spec["pool"], spec["input_fields"], int(spec["k"]), order=spec.get("order", "similarity"),
                    label_field=spec.get("label_field"))
+
+
+def neighbour_votes(pool: list[dict[str, Any]], input_fields: list[str], label_field: str,
+                    examples: list[Any], ks: tuple[int, ...]) -> list[dict[int, str | None]]:
+    """Per example, for each ``k`` of ``ks``: the :func:`vote` of its ``k`` nearest pool examples' labels
+    (``None`` for an empty pool). No LM: what a program given those demos would answer if it copied
+    their majority.
+
+    Example:
+        >>> pool = [{"text": "a fine film", "label": "positive"},
+        ...         {"text": "a dull film", "label": "negative"},
+        ...         {"text": "a dull plot", "label": "negative"}]
+        >>> neighbour_votes(pool, ["text"], "label", [{"text": "a fine film indeed"}], (1, 3))
+        [{1: 'positive', 3: 'negative'}]
+    """
+    retriever = Retriever(pool, input_fields, max(ks))
+    out = []
+    for example in examples:
+        labels = [str(d[label_field]) for d in retriever({f: example[f] for f in input_fields})]  # nearest last
+        out.append({k: vote(labels[-k:]) if labels else None for k in ks})
+    return out
 
 
 class _Retrieving:

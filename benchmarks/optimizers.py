@@ -62,20 +62,18 @@ logger = logging.getLogger("benchmarks.optimizers")
 #: optimizer names of the benchmark -> autoprompt optimizer names (None: the zero-shot program, no search)
 OPTIMIZERS: dict[str, str | None] = {"optuna": "optuna", "optuna-no-warm-start": "optuna",
                                      "optuna-fixed-demos": "optuna", "optuna-bare": "optuna",
-                                     "optuna-vote": "optuna", "optuna-vote-search": "optuna",
+                                     "optuna-4-similarity": "optuna",
                                      "mipro": "mipro", "gepa": "gepa", "simba": "simba", "bfrs": "random-search",
                                      "bootstrap": "bootstrap", "zero-shot": None}
 #: options of a side beyond the optimizer's defaults (the ablations of the search's moves)
 OPTIONS: dict[str, dict[str, Any]] = {"optuna-no-warm-start": {"warm_start": False},
                                       "optuna-fixed-demos": {"retrieved_demos": False},
                                       "optuna-bare": {"retrieved_demos": False, "calibrate": False},
-                                      "optuna-vote": {"demo_order": "vote"},
-                                      "optuna-vote-search": {"demo_order": "search"}}
+                                      "optuna-4-similarity": {"demo_order": "similarity", "max_demos": 4}}
 LABELS = {"optuna": "autoprompt (Optuna search)", "optuna-no-warm-start": "autoprompt without the warm start",
           "optuna-fixed-demos": "autoprompt without per-input demos",
           "optuna-bare": "autoprompt without per-input demos and calibration",
-          "optuna-vote": "autoprompt, per-input demos ordered by vote",
-          "optuna-vote-search": "autoprompt, the demos' order searched",
+          "optuna-4-similarity": "autoprompt before vote-ordered demos (at most 4, by similarity)",
           "mipro": "MIPROv2", "gepa": "GEPA", "simba": "SIMBA",
           "bfrs": "BootstrapFewShotWithRandomSearch", "bootstrap": "BootstrapFewShot", "zero-shot": "zero-shot"}
 #: limits: a seeded label-stratified sample of N rows (None = the whole split); the same for every cell

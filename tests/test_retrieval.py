@@ -158,8 +158,10 @@ def test_the_search_offers_retrieved_demos_and_exports_the_winner(small_task, tm
     pool = result.study.user_attrs["pool"]["predictors"]["self"]
     assert len(pool["retrieval"]) == len(small_task.examples("train"))
     trials = result.study.trials
-    # the warm start: the first trial is the task's own instruction with per-input demos (max_demos=2 of 4)
-    assert trials[0].params == {"self.instruction": 0, "self.n_demos": 2, "self.retrieve": True}
+    # the warm start: the first trial is the task's own instruction with per-input demos ordered by vote
+    # (max_demos=2: below the counts the warm start chooses from, so 2)
+    assert trials[0].params == {"self.instruction": 0, "self.n_demos": 2, "self.retrieve": True,
+                                "self.demo_order": "vote"}
     assert {t.params.get("self.retrieve") for t in trials[1:]} >= {False, True}  # then seeded TPE startup trials
     for trial in trials:
         n_demos = trial.params["self.n_demos"]
@@ -177,7 +179,7 @@ def test_the_search_offers_retrieved_demos_and_exports_the_winner(small_task, tm
 
 
 def test_the_search_orders_retrieved_demos_by_vote_when_asked(small_task, tmp_path):
-    """``demo_order="search"``: a retrieving trial samples ``self.demo_order`` (the warm start takes similarity)
+    """``demo_order="search"``: a retrieving trial samples ``self.demo_order`` (the warm start takes vote)
     and its program's retriever uses it; ``"vote"``: every retrieving trial votes, no parameter; a value
     that does not exist is one line naming the choices."""
     from dspy.utils.dummies import DummyLM
@@ -191,7 +193,7 @@ def test_the_search_orders_retrieved_demos_by_vote_when_asked(small_task, tmp_pa
     pool = result.study.user_attrs["pool"]
     assert pool["predictors"]["self"]["demo_orders"] == ["similarity", "vote"]
     trials = result.study.trials
-    assert trials[0].params["self.demo_order"] == "similarity"
+    assert trials[0].params["self.demo_order"] == "vote"
     retrieving = [t for t in trials if t.params.get("self.retrieve")]
     assert all("self.demo_order" in t.params for t in retrieving)
     assert not any("self.demo_order" in t.params for t in trials if not t.params.get("self.retrieve"))
@@ -199,6 +201,9 @@ def test_the_search_orders_retrieved_demos_by_vote_when_asked(small_task, tmp_pa
         retriever = retriever_of(build_program(small_task, pool, trial.params).predictors()[0])
         assert retriever.order == trial.params["self.demo_order"] and retriever.label_field in (None, "label")
 
+    by_similarity = autoprompt.optimize(small_task, run_dir=tmp_path / "sim", demo_order="similarity", **common)
+    assert "demo_orders" not in by_similarity.study.user_attrs["pool"]["predictors"]["self"]  # as before the option
+    assert by_similarity.study.trials[0].params == {"self.instruction": 0, "self.n_demos": 2, "self.retrieve": True}
     voted = autoprompt.optimize(small_task, run_dir=tmp_path / "vote", demo_order="vote", **common)
     pool = voted.study.user_attrs["pool"]
     assert pool["predictors"]["self"]["demo_orders"] == ["vote"]
@@ -207,3 +212,18 @@ def test_the_search_orders_retrieved_demos_by_vote_when_asked(small_task, tmp_pa
     assert retriever_of(build_program(small_task, pool, first.params).predictors()[0]).order == "vote"
     with pytest.raises(autoprompt.OptionError, match="demo_order must be one of \\['similarity', 'vote', 'search'\\]"):
         autoprompt.optimizers.get_optimizer("optuna", demo_order="nearest")
+
+
+def test_the_warm_start_takes_as_many_demos_as_make_their_vote_best_on_dev():
+    """No LM: 3 near neighbours say 'n', 5 farther ones 'p', the gold is 'p': 4 demos vote wrong, 8 right."""
+    from autoprompt.optimizers.optuna._pool import _warm_start
+
+    rows = [{"text": "x", "label": "p"}]
+    task = autoprompt.Task(name="toy", program="text -> label", train=rows, dev=rows, choices=["p", "n"])
+    pool = [{"text": f"x y n{i}", "label": "n"} for i in range(3)] + [{"text": f"x p{i}", "label": "p"} for i in range(5)]
+    dev = [dspy.Example(text="x y", label="p").with_inputs("text")]
+    chosen = _warm_start(pool, ["text"], task, dev, max_demos=8)
+    assert chosen == {"n_demos": 8, "demo_order": "vote", "vote_dev": {"4": 0.0, "8": 1.0}}
+    assert _warm_start(pool, ["text"], task, [dspy.Example(text="x y", label="n").with_inputs("text")],
+                       max_demos=8)["n_demos"] == 4  # the gold 'n': 4 right, 8 wrong
+    assert _warm_start(pool, ["text"], task, dev, max_demos=4) == {"n_demos": 4, "demo_order": "vote"}  # one count

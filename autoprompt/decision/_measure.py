@@ -131,19 +131,16 @@ def neighbour_vote(task: Any, train: Sequence[Any], dev: Sequence[Any], test: Se
     ``None`` when the task declares no label choices or the train examples lack the input fields.
     Returns ``k``, ``dev`` (the score per ``k``), ``scores`` (per test example) and ``inputs``.
     """
-    from autoprompt._retrieval import Retriever, vote
+    from autoprompt._retrieval import neighbour_votes
 
     fields, label = list(task.input_fields), task.label_field
     if not task.choices or not train or not dev or not test or any(f not in train[0] for f in (*fields, label)):
         return None
-    retriever = Retriever([dict(ex) for ex in train], fields, max(ks))
+    pool = [dict(ex) for ex in train]
 
     def score(examples: Sequence[Any], k: int) -> list[float]:
-        out = []
-        for ex in examples:
-            neighbours = [str(d[label]) for d in retriever({f: ex[f] for f in fields})][-k:]  # the nearest last
-            out.append(float(task.metric(ex, dspy.Prediction(**{label: vote(neighbours)}))))
-        return out
+        votes = neighbour_votes(pool, fields, label, list(examples), (k,))
+        return [float(task.metric(ex, dspy.Prediction(**{label: v[k]}))) for ex, v in zip(examples, votes)]
 
     by_k = {k: score(dev, k) for k in ks}
     best = max(ks, key=lambda k: (sum(by_k[k]), -k))

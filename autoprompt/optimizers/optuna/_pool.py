@@ -7,7 +7,9 @@ labels, and demos bootstrapped from the program's own passing traces; with ``cal
 may calibrate the predictor's label choice; with ``retrieval``, the labelled
 train split itself, from which a trial may take per-input demos instead (the nearest examples by BM25,
 :mod:`autoprompt._retrieval`), and ``demo_orders``, the orders of those demos a trial may take (``vote``:
-only for a predictor that outputs the task's label). The pool is stored in the study
+only for a predictor that outputs the task's label), and then ``warm_start``: the number of demos the first
+trial takes, the one of :data:`WARM_START_DEMOS` whose neighbours' label vote scores best on the dev rows
+(no LM call; :func:`autoprompt._retrieval.neighbour_votes`). The pool is stored in the study
 (``study.user_attrs["pool"]``, versioned) so that every worker and every reader uses the same one.
 """
 
@@ -24,11 +26,14 @@ from autoprompt._exceptions import BudgetExhausted
 from autoprompt.evaluate import run_one
 from autoprompt.optimizers._base import Context
 
-__all__ = ["POOL_VERSION", "build_pool", "load_pool", "stratified_sample"]
+__all__ = ["POOL_VERSION", "WARM_START_DEMOS", "build_pool", "load_pool", "stratified_sample"]
 
 logger = logging.getLogger(__name__)
 
 POOL_VERSION = 1
+#: the demo counts the warm start chooses from (those up to ``max_demos``): the moves benchmark measured
+#: 4 and 8 retrieved demos ordered by vote (``benchmarks/results/search_moves.md``)
+WARM_START_DEMOS = (4, 8)
 
 TIPS = (
     "Keep it short and direct.",
@@ -86,6 +91,9 @@ def build_pool(program: dspy.Module, task: Any, context: Context, *, max_demos: 
             orders = [o for o in demo_orders if o != "vote" or task.label_field in predictor.signature.output_fields]
             if orders != ["similarity"]:  # (pools before the option hold no key: similarity)
                 pool["predictors"][name]["demo_orders"] = orders or ["similarity"]
+            if "vote" in orders:
+                pool["predictors"][name]["warm_start"] = _warm_start(pool["predictors"][name]["retrieval"], inputs,
+                                                                     task, context.devset, max_demos)
         elif retrieval and max_demos:
             logger.info("predictor %s: no per-input demos (the train examples lack its inputs %s)", name, inputs)
         if calibrate:
@@ -129,6 +137,25 @@ def load_pool(study: Any) -> dict:
         raise RunError(f"study {study.study_name!r} holds a candidate pool of version {pool.get('version')!r}, "
                        f"not {POOL_VERSION}: written by another autoprompt version")
     return pool
+
+
+def _warm_start(retrieval: list[dict], inputs: list[str], task: Any, devset: list, max_demos: int) -> dict:
+    """The first trial's demos: ordered by vote, as many as make the neighbours' vote best on ``devset``
+    (ties: fewer). A 135M model given retrieved demos scored about what their labels' vote scores (SST-2 dev:
+    4 demos 70.0%, their vote 71.5%; ``benchmarks/results/retrieval_ceiling.md``), so the vote, which costs
+    no LM call, picks the count."""
+    from autoprompt._retrieval import neighbour_votes
+
+    ks = tuple(k for k in WARM_START_DEMOS if k <= max_demos) or (max_demos,)
+    rows = [ex for ex in devset if all(f in ex for f in inputs)]
+    if len(ks) == 1 or not rows:
+        return {"n_demos": ks[0], "demo_order": "vote"}
+    votes = neighbour_votes(retrieval, inputs, task.label_field, rows, ks)
+    right = {k: sum(v[k] == str(ex[task.label_field]) for ex, v in zip(rows, votes)) for k in ks}
+    best = max(ks, key=lambda k: (right[k], -k))
+    logger.info("warm start: %d demos ordered by vote (their vote on %d dev rows: %s)", best, len(rows),
+                {k: round(r / len(rows), 3) for k, r in right.items()})
+    return {"n_demos": best, "demo_order": "vote", "vote_dev": {str(k): round(r / len(rows), 4) for k, r in right.items()}}
 
 
 def _bootstrap(program, task, context, n_sets, rng, max_demos) -> tuple[dict[str, list], int]:

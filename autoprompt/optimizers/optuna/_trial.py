@@ -70,18 +70,22 @@ def program_of_trial(study: Any, task: Any, trial_number: int) -> tuple[dspy.Mod
 
 
 def start_params(pool: dict, *, max_demos: int) -> dict[str, Any]:
-    """The search's first trial: per predictor its own instruction with ``min(4, max_demos)`` per-input
-    (retrieved) demos, uncalibrated, when the pool offers retrieval; else the parameters are left to the
-    sampler. The configuration the moves benchmark found best on all three shipped tasks, each move
-    measured alone (``benchmarks/results/search_moves.md``: SST-2 dev 55.5 -> 70.0%, Iris 30 -> 74%,
-    Banking77 11.7 -> 80.5%): at a small budget the search starts from it instead of meeting it by chance."""
+    """The search's first trial: per predictor its own instruction with per-input (retrieved) demos,
+    uncalibrated, when the pool offers retrieval (ordered by vote, as many as the pool's ``warm_start``
+    chose, when the pool offers that order; else ``min(4, max_demos)`` by similarity); else the parameters
+    are left to the sampler. The configuration the moves benchmark found best on all three shipped tasks, each move
+    measured alone (``benchmarks/results/search_moves.md``, dev: SST-2 55.5 -> 74.5% with 8 demos by vote (70.0
+    with 4 by similarity), Banking77 11.7 -> 84.4% with 8 by vote (80.5), Iris 30 -> 74% with 4, which its vote
+    picks): at a small budget the search starts from it instead of meeting it by chance."""
     params: dict[str, Any] = {}
     for name, cands in pool["predictors"].items():
         if not cands.get("retrieval") or max_demos <= 0:
             continue
-        params.update({f"{name}.instruction": 0, f"{name}.n_demos": min(4, max_demos), f"{name}.retrieve": True})
+        warm = cands.get("warm_start") or {}
+        params.update({f"{name}.instruction": 0, f"{name}.n_demos": min(warm.get("n_demos", 4), max_demos),
+                       f"{name}.retrieve": True})
         if len(cands.get("demo_orders", ())) > 1:
-            params[f"{name}.demo_order"] = cands["demo_orders"][0]
+            params[f"{name}.demo_order"] = warm.get("demo_order", cands["demo_orders"][0])
         if cands.get("calibrate"):
             params[f"{name}.calibrate"] = 0.0
     return params
