@@ -28,7 +28,8 @@ class OptunaSearch(BaseOptimizer):
 
     Args:
         n_trials: trials to run in total (a resumed study counts the trials it already has).
-        max_demos: most demos per predictor.
+        max_demos: most demos per predictor (default 8: the warm start may take 8 retrieved demos, see
+            ``demo_order``).
         n_demo_sets: demo sets per predictor in the pool (half labelled, half bootstrapped).
         n_instructions: instructions to ask the proposer LM for, besides the original.
         n_templates: rewordings of the original instruction written from the signature without an LM
