@@ -66,8 +66,10 @@ def test_kill_9_then_resume_loses_no_finished_trial(tmp_path, env):
         assert after[number] == record  # every trial finished before the kill is kept as it was
     states = [t.state for t in load(run).trials]
     assert optuna.trial.TrialState.RUNNING not in states
-    document = json.loads((run / "prompt.json").read_text())  # version 2 carries per-input demos
-    assert document["format_version"] == (2 if any("retrieval" in p for p in document["predictors"]) else 1)
+    document = json.loads((run / "prompt.json").read_text())  # 2 carries per-input demos, 3 ordered by vote
+    retrieval = [p["retrieval"] for p in document["predictors"] if "retrieval" in p]
+    assert document["format_version"] == (1 if not retrieval else 3 if any(r.get("order") == "vote"
+                                                                            for r in retrieval) else 2)
 
 
 def test_two_workers_share_one_study(tmp_path, env):
