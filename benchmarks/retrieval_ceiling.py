@@ -26,7 +26,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 import autoprompt  # noqa: E402
-from autoprompt._retrieval import Retriever, vote  # noqa: E402
+from autoprompt._retrieval import neighbour_votes  # noqa: E402
 from autoprompt.decision._measure import NEIGHBOUR_KS  # noqa: E402
 from autoprompt.decision._stats import bootstrap_ci  # noqa: E402
 from _common import code_version, write_markdown  # noqa: E402
@@ -41,15 +41,14 @@ LIMITS = {
 KS = NEIGHBOUR_KS
 
 
-def score(task: autoprompt.Task, split: str, limit: int | None, k: int) -> list[float]:
-    """Per example of the split's sample: 1.0 when the vote of its ``k`` nearest train examples is its label."""
+def score(task: autoprompt.Task, split: str, limit: int | None) -> dict[int, list[float]]:
+    """Per ``k`` of :data:`KS`, per example of the split's sample: 1.0 when the vote of its ``k`` nearest train
+    examples is its label (:func:`autoprompt._retrieval.neighbour_votes`, the helper decide's reference uses)."""
     pool = [dict(ex) for ex in task.examples("train")]
-    retriever = Retriever(pool, task.input_fields, k)
-    out = []
-    for ex in task.examples(split, limit=limit):
-        labels = [str(d[task.label_field]) for d in retriever({f: ex[f] for f in task.input_fields})]
-        out.append(float(vote(labels) == str(ex[task.label_field])))
-    return out
+    examples = list(task.examples(split, limit=limit))
+    votes = neighbour_votes(pool, task.input_fields, task.label_field, examples, KS)
+    gold = [str(ex[task.label_field]) for ex in examples]
+    return {k: [float(v[k] == g) for v, g in zip(votes, gold)] for k in KS}
 
 
 def main() -> None:
@@ -62,9 +61,10 @@ def main() -> None:
         task = autoprompt.load_task(str(ROOT / "tasks" / f"{name}.py"))
         n_train = len(task.examples("train"))
         first = len(rows)
+        devs = score(task, "dev", LIMITS[name]["dev"])
+        tests = score(task, "test", LIMITS[name]["test"])
         for k in KS:
-            dev = score(task, "dev", LIMITS[name]["dev"], k)
-            test = score(task, "test", LIMITS[name]["test"], k)
+            dev, test = devs[k], tests[k]
             low, high = bootstrap_ci(test, seed=0)
             cells[f"{name}/k{k}"] = {"task": name, "k": k, "train": n_train, "dev_n": len(dev), "test_n": len(test),
                                      "dev": sum(dev) / len(dev), "test": sum(test) / len(test),
