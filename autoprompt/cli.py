@@ -403,6 +403,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+TASK_HELP = "a task module: a .py file defining `task` or make_task(), e.g. tasks/sentiment.py"
+TASK_OPTION_HELP = "passed to the task module's make_task(), e.g. seed=1 (repeat for several)"
+RUN_HELP = "a run folder"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from autoprompt._version import __version__
     from autoprompt.finetune import FINETUNERS
@@ -414,50 +419,45 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     lm_flags = _lm_parser(default="local")
     run_lm_flags = _lm_parser(default=None)  # commands on a run: its own LM unless given
+    cache_flags = _cache_parser()
+    run_flags = _run_parser(cache_flags)
     steps_flags = _steps_parser()
 
-    p = sub.add_parser("optimize", parents=[lm_flags],
+    p = sub.add_parser("optimize", parents=[lm_flags, run_flags],
                        help="optimize a task's prompt; prints baseline vs optimized scores")
-    p.add_argument("task", help="a task module, e.g. tasks/sentiment.py")
-    p.add_argument("--optimizer", default="optuna", choices=sorted(OPTIMIZERS))
+    p.add_argument("task", help=TASK_HELP)
+    p.add_argument("--optimizer", default="optuna", choices=sorted(OPTIMIZERS), help="default: optuna")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="optimizer option, e.g. n_trials=8")
-    p.add_argument("--task-option", action="append", metavar="KEY=VALUE", help="passed to the task's make_task()")
     p.add_argument("--proposer-lm", help="a stronger LM for proposing instructions and bootstrapping demos")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, help="optimizer optuna: trials run concurrently in this process")
     p.add_argument("--max-calls", type=int, help="cap on LM calls of the optimization step")
     p.add_argument("--max-tokens", type=int, help="cap on tokens of the optimization step")
     p.add_argument("--max-seconds", type=float, help="cap on wall time of the optimization step")
-    p.add_argument("--train-limit", type=int)
-    p.add_argument("--dev-limit", type=int)
-    p.add_argument("--test-limit", type=int)
-    p.add_argument("--run-dir", help="the run directory (default: runs/<task>-<time>-s<seed>)")
-    p.add_argument("--runs-root", default="runs")
-    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
-    p.add_argument("--cache-dir", help="DSPy's LM response cache directory")
     p.add_argument("--no-test", action="store_true", help="do not score the test split")
-    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_optimize)
 
     p = sub.add_parser("export", help="write a run's best prompt as json, chat messages or text")
     p.add_argument("run", help="a run directory (or a prompt.json)")
-    p.add_argument("--format", default="json", choices=["json", "messages", "text"])
+    p.add_argument("--format", default="json", choices=["json", "messages", "text"],
+                   help="json: loads back into the program; messages: chat messages for any client; text: to read")
     p.add_argument("-o", "--output", help="file to write (default: standard output)")
     p.add_argument("--trial", type=int, help="export this trial of the run's study (e.g. a Pareto-front point)")
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("export-data", parents=[run_lm_flags],
+    p = sub.add_parser("export-data", parents=[run_lm_flags, cache_flags],
                        help="compile a run's best program into fine-tuning data")
-    p.add_argument("run")
-    p.add_argument("--format", default="openai", choices=["openai", "hf", "trl"])
+    p.add_argument("run", help=RUN_HELP)
+    p.add_argument("--format", default="openai", choices=["openai", "hf", "trl"],
+                   help="openai: chat-messages JSONL; hf: a datasets folder and parquet; trl: prompt/completion JSONL "
+                        "(default: openai)")
     p.add_argument("-o", "--output", required=True, help="folder to write")
-    p.add_argument("--split", default="train", choices=["train", "dev", "test"])
+    p.add_argument("--split", default="train", choices=["train", "dev", "test"], help="the examples traced")
     p.add_argument("--threshold", type=float, default=1.0, help="keep traces whose metric is at least this")
     p.add_argument("--keep-demos", action="store_true", help="keep the demos in the training prompts")
     p.add_argument("--answers", default="program", choices=["program", "gold"],
                    help="the program's passing answers (BetterTogether) or the split's gold labels")
-    p.add_argument("--no-dedupe", action="store_true")
-    p.add_argument("--val-fraction", type=float, default=0.0)
+    p.add_argument("--no-dedupe", action="store_true", help="keep records whose messages are identical")
+    p.add_argument("--val-fraction", type=float, default=0.0, help="share of the records written as validation")
     p.add_argument("--per-predictor", action="store_true", help="one data set per predictor")
     p.add_argument("--limit", type=int, help="a seeded sample of N examples, stratified over the labels")
     p.add_argument("--max-rounds", type=int, default=1,
@@ -467,13 +467,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-calibration", type=float, default=0.0, metavar="STRENGTH",
                    help="rounds after the first run with the label choice calibrated, the second greedily "
                         "(0: off; 1: full correction)")
-    p.add_argument("--cache-dir")
-    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_export_data)
 
-    p = sub.add_parser("better-together", parents=[lm_flags, steps_flags],
+    p = sub.add_parser("better-together", parents=[lm_flags, run_flags, steps_flags],
                        help="alternate prompt optimization (p) and LoRA fine-tuning (w)")
-    p.add_argument("task")
+    p.add_argument("task", help=TASK_HELP)
     p.add_argument("--strategy", action="append", type=_strategy,
                    help="e.g. 'p -> w -> p' (the default); repeat for several (shared prefixes run once)")
     p.add_argument("--all", action="store_true", help="the paper's strategies: p, w, p -> w, w -> p, p -> w -> p")
@@ -484,12 +482,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="w step option, e.g. max_traces=1000, balance=false, val_fraction=0.1, threshold=1.0")
     p.add_argument("--max-calls", type=int, help="cap on LM calls of each p step")
     p.add_argument("--max-seconds", type=float, help="cap on wall time of each p step")
-    p.add_argument("--no-test", action="store_true")
+    p.add_argument("--no-test", action="store_true", help="do not score the steps on the test split")
     p.set_defaults(func=_cmd_better_together)
 
-    p = sub.add_parser("decide", parents=[lm_flags, steps_flags],
+    p = sub.add_parser("decide", parents=[lm_flags, run_flags, steps_flags],
                        help="prompt, fine-tune or both? measure the variants on your task and recommend one")
-    p.add_argument("task")
+    p.add_argument("task", help=TASK_HELP)
     p.add_argument("--calls", type=_positive_int, default=600, help="LM-call cap of each prompt search (default 600)")
     p.add_argument("--finetune-minutes", type=float, help="wall-time cap of each fine-tuning (default: none)")
     p.add_argument("--max-traces", type=_positive_int, default=1000, help="traces a fine-tuning step trains on")
@@ -510,35 +508,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_decide)
 
     p = sub.add_parser("report", help="print a run's trial table and write PNG plots (a decide run: its pages)")
-    p.add_argument("run")
+    p.add_argument("run", help=RUN_HELP)
     p.add_argument("--out", help="folder for the PNG files (default: the run directory)")
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("dashboard", help="serve a run's Optuna study in optuna-dashboard")
-    p.add_argument("run")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=_positive_int, default=8080)
+    p.add_argument("run", help=RUN_HELP)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=_positive_int, default=8080, help="default: 8080")
     p.add_argument("--storage", help="the study's storage URL, if it has a password (never saved)")
     p.set_defaults(func=_cmd_dashboard)
 
-    p = sub.add_parser("worker", parents=[run_lm_flags],
+    p = sub.add_parser("worker", parents=[run_lm_flags, cache_flags],
                        help="join a run's Optuna study and run trials (several may run at once)")
-    p.add_argument("run")
+    p.add_argument("run", help=RUN_HELP)
     p.add_argument("--worker", type=int, default=1, help="this worker's number (seeds its sampler)")
     p.add_argument("--storage", help="the study's storage URL, if it has a password (never saved)")
-    p.add_argument("--cache-dir")
-    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_worker)
 
-    p = sub.add_parser("evaluate", parents=[lm_flags],
+    p = sub.add_parser("evaluate", parents=[lm_flags, cache_flags],
                        help="score a task's program, or an exported prompt, on a split")
-    p.add_argument("task")
+    p.add_argument("task", help=TASK_HELP)
     p.add_argument("--prompt", help="a prompt.json to load into the program")
-    p.add_argument("--split", default="dev", choices=["train", "dev", "test"])
+    p.add_argument("--split", default="dev", choices=["train", "dev", "test"], help="default: dev")
     p.add_argument("--limit", type=int, help="a seeded sample of N examples, stratified over the labels")
-    p.add_argument("--task-option", action="append", metavar="KEY=VALUE")
-    p.add_argument("--cache-dir")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--task-option", action="append", metavar="KEY=VALUE", help=TASK_OPTION_HELP)
     p.set_defaults(func=_cmd_evaluate)
     return parser
 
@@ -551,19 +545,35 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"autoprompt: error: {message} (see: {self.prog} --help)\n")
 
 
+def _cache_parser() -> argparse.ArgumentParser:
+    """The flags of every command that calls the LM and shows progress."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--cache-dir", help="DSPy's LM response cache directory (default: $AUTOPROMPT_CACHE_DIR, else "
+                                       "DSPy's own)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    return p
+
+
+def _run_parser(cache_flags: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags of the commands that write a run folder (optimize, better-together, decide)."""
+    p = argparse.ArgumentParser(add_help=False, parents=[cache_flags])
+    p.add_argument("--task-option", action="append", metavar="KEY=VALUE", help=TASK_OPTION_HELP)
+    p.add_argument("--seed", type=int, default=0, help="the run's seed: the search's sampler, the train examples' order, the fine-tuning "
+                        "(default 0; the --*-limit samples are the same for every seed)")
+    for split in ("train", "dev", "test"):
+        p.add_argument(f"--{split}-limit", type=int, metavar="N",
+                       help=f"a seeded sample of N {split} examples, stratified over the labels"
+                            + ("; also bounds the traces of w steps" if split == "train" else ""))
+    p.add_argument("--run-dir", help="the run folder (default: <runs-root>/<task>-<time>-s<seed>)")
+    p.add_argument("--runs-root", default="runs", help="where new run folders go (default: runs)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --run-dir: finished trials and steps are kept")
+    return p
+
+
 def _steps_parser() -> argparse.ArgumentParser:
     """The flags of the commands that run BetterTogether steps in a run folder (better-together, decide)."""
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--task-option", action="append", metavar="KEY=VALUE")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-limit", type=int, help="a seeded stratified sample; also bounds the traces of w")
-    p.add_argument("--dev-limit", type=int)
-    p.add_argument("--test-limit", type=int)
-    p.add_argument("--run-dir")
-    p.add_argument("--runs-root", default="runs")
-    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last finished step")
-    p.add_argument("--cache-dir")
-    p.add_argument("--no-progress", action="store_true")
     p.add_argument("--finetune-option", action="append", metavar="KEY=VALUE",
                    help="finetuner option of the w steps (decide: the LoRA finetuner), e.g. epochs=2, rank=8")
     return p

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -114,3 +115,30 @@ def test_offline_by_default_no_network_attempt(args, tmp_path):
         assert out.returncode == 2 and out.stderr.strip().startswith("autoprompt: error: the LM failed"), out.stderr
     else:
         assert out.returncode == 0, out.stderr
+
+
+def _subcommands():
+    from autoprompt.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices
+
+
+def test_every_argument_of_every_command_says_what_it_is():
+    missing = {name: [a.dest for a in p._actions if not a.help] for name, p in _subcommands().items()}
+    assert {name: dests for name, dests in missing.items() if dests} == {}
+
+
+def test_commands_that_write_a_run_folder_share_its_flags():
+    """optimize, better-together and decide take the same run flags (one parent parser), to the same values."""
+    argv = ["--seed", "3", "--train-limit", "10", "--dev-limit", "5", "--test-limit", "7", "--run-dir", "r",
+            "--runs-root", "rr", "--resume", "--cache-dir", "c", "--no-progress", "--task-option", "seed=1"]
+    commands = _subcommands()
+    parsed = {name: vars(commands[name].parse_args(["t.py", *argv])) for name in ("optimize", "better-together",
+                                                                                  "decide")}
+    keys = ("seed", "train_limit", "dev_limit", "test_limit", "run_dir", "runs_root", "resume", "cache_dir",
+            "no_progress", "task_option")
+    expected = {"seed": 3, "train_limit": 10, "dev_limit": 5, "test_limit": 7, "run_dir": "r", "runs_root": "rr",
+                "resume": True, "cache_dir": "c", "no_progress": True, "task_option": ["seed=1"]}
+    assert {name: {k: ns[k] for k in keys} for name, ns in parsed.items()} == {name: expected for name in parsed}
