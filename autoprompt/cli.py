@@ -564,7 +564,7 @@ def _run_parser(cache_flags: argparse.ArgumentParser) -> argparse.ArgumentParser
         p.add_argument(f"--{split}-limit", type=int, metavar="N",
                        help=f"a seeded sample of N {split} examples, stratified over the labels"
                             + ("; also bounds the traces of w steps" if split == "train" else ""))
-    p.add_argument("--run-dir", help="the run folder (default: <runs-root>/<task>-<time>-s<seed>)")
+    p.add_argument("--run-dir", help="the run folder (default: <runs-root>/<task>[-bt|-decide]-<time>-s<seed>)")
     p.add_argument("--runs-root", default="runs", help="where new run folders go (default: runs)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --run-dir: finished trials and steps are kept")
