@@ -558,7 +558,8 @@ def _run_parser(cache_flags: argparse.ArgumentParser) -> argparse.ArgumentParser
     """The flags of the commands that write a run folder (optimize, better-together, decide)."""
     p = argparse.ArgumentParser(add_help=False, parents=[cache_flags])
     p.add_argument("--task-option", action="append", metavar="KEY=VALUE", help=TASK_OPTION_HELP)
-    p.add_argument("--seed", type=int, default=0, help="the run's seed: the search's sampler, the train examples' order, the fine-tuning "
+    p.add_argument("--seed", type=int, default=0,
+                   help="the run's seed: the search's sampler, the train examples' order, the fine-tuning "
                         "(default 0; the --*-limit samples are the same for every seed)")
     for split in ("train", "dev", "test"):
         p.add_argument(f"--{split}-limit", type=int, metavar="N",

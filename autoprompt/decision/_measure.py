@@ -138,11 +138,13 @@ def neighbour_vote(task: Any, train: Sequence[Any], dev: Sequence[Any], test: Se
         return None
     pool = [dict(ex) for ex in train]
 
-    def score(examples: Sequence[Any], votes: list[dict[int, Any]], k: int) -> list[float]:
-        return [float(task.metric(ex, dspy.Prediction(**{label: v[k]}))) for ex, v in zip(examples, votes)]
+    def score(examples: Sequence[Any], ks_: tuple[int, ...]) -> dict[int, list[float]]:
+        votes = neighbour_votes(pool, fields, label, list(examples), ks_)  # one index, every k at once
+        return {k: [float(task.metric(ex, dspy.Prediction(**{label: v[k]}))) for ex, v in zip(examples, votes)]
+                for k in ks_}
 
-    dev_votes = neighbour_votes(pool, fields, label, list(dev), tuple(ks))  # one index, every k at once
-    by_k = {k: score(dev, dev_votes, k) for k in ks}
+    by_k = score(dev, tuple(ks))
     best = max(ks, key=lambda k: (sum(by_k[k]), -k))
     return {"method": "bm25-vote", "k": best, "dev": {str(k): round(sum(v) / len(v), 4) for k, v in by_k.items()},
-            "dev_n": len(dev), "scores": score(test, neighbour_votes(pool, fields, label, list(test), (best,)), best), "inputs": [{f: ex[f] for f in fields} for ex in test]}
+            "dev_n": len(dev), "scores": score(test, (best,))[best],
+            "inputs": [{f: ex[f] for f in fields} for ex in test]}
