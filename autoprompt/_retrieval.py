@@ -24,8 +24,8 @@ from typing import Any
 import dspy
 import numpy as np
 
-__all__ = ["BM25", "ORDERS", "Retriever", "attach", "demos_for", "detach", "field_tokens", "neighbour_votes",
-           "retriever_of", "tokenize", "vote"]
+__all__ = ["BM25", "ORDERS", "Retriever", "attach", "choose_k", "demos_for", "detach", "field_tokens",
+           "neighbour_votes", "retriever_of", "tokenize", "vote"]
 
 TOKEN = re.compile(r"[a-z0-9]+(?:[.,][0-9]+)*")
 K1 = 1.5
@@ -224,6 +224,17 @@ def neighbour_votes(pool: list[dict[str, Any]], input_fields: list[str], label_f
         labels = [str(d[label_field]) for d in retriever({f: example[f] for f in input_fields})]  # nearest last
         out.append({k: vote(labels[-k:]) if labels else None for k in ks})
     return out
+
+
+def choose_k(dev_scores: dict[int, float]) -> int:
+    """The ``k`` of the neighbour vote to keep: the best dev score, ties to the smaller ``k`` (the cheaper
+    reference). Used by decide's no-LM reference and by ``benchmarks/retrieval_ceiling.py``.
+
+    Example:
+        >>> choose_k({4: 0.80, 8: 0.82, 16: 0.82})
+        8
+    """
+    return max(dev_scores, key=lambda k: (dev_scores[k], -k))
 
 
 class _Retrieving:

@@ -27,7 +27,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 import autoprompt  # noqa: E402
-from autoprompt._retrieval import neighbour_votes  # noqa: E402
+from autoprompt._retrieval import choose_k, neighbour_votes  # noqa: E402
 from autoprompt.decision._measure import NEIGHBOUR_KS  # noqa: E402
 from autoprompt.decision._stats import bootstrap_ci, paired_test  # noqa: E402
 from _common import code_version, write_markdown  # noqa: E402
@@ -94,7 +94,7 @@ def main() -> None:
             c = cells[f"{name}/k{k}"]
             rows.append([name, str(k), str(n_train), f"{100 * c['dev']:.1f} ({c['dev_n']})",
                          f"{100 * c['test']:.1f} [{100 * low:.1f}, {100 * high:.1f}] ({c['test_n']})"])
-        chosen = max(KS, key=lambda k: (cells[f"{name}/k{k}"]["dev"], -k))  # decide's reference: best dev, smaller k
+        chosen = choose_k({k: cells[f"{name}/k{k}"]["dev"] for k in KS})  # decide's reference's rule
         rows[first + KS.index(chosen)][1] += " (chosen on dev)"
         programs[name] = programs_against_vote(name, tests[chosen], chosen)
     version = code_version()

@@ -12,7 +12,8 @@ import dspy
 import pytest
 
 import autoprompt
-from autoprompt._retrieval import BM25, Retriever, attach, demos_for, detach, retriever_of, tokenize
+from autoprompt._retrieval import (BM25, Retriever, attach, choose_k, demos_for, detach, neighbour_votes, retriever_of,
+                                   tokenize)
 from autoprompt.export import export_prompt, prompt_document, read_prompt, render_messages
 
 POOL = [
@@ -76,6 +77,16 @@ def test_vote_order_puts_the_label_most_neighbours_carry_next_to_the_input():
         Retriever(POOL, ["text"], k=3, order="random")
     with pytest.raises(ValueError, match="needs the label_field"):
         Retriever(POOL, ["text"], k=3, order="vote")
+
+
+def test_the_neighbour_vote_answers_every_k_at_once_and_keeps_the_smallest_best_k():
+    query = {"text": "a gripping film, dull acting"}
+    # the nearest is positive, two of the three nearest negative, four split 2-2: the tie goes to the nearest
+    assert neighbour_votes(POOL, ["text"], "label", [query], (1, 3, 4)) == [{1: "positive", 3: "negative",
+                                                                              4: "positive"}]
+    assert neighbour_votes([], ["text"], "label", [query], (1,)) == [{1: None}]
+    assert choose_k({4: 0.80, 8: 0.82, 16: 0.82}) == 8  # ties go to the smaller k
+    assert choose_k({16: 0.9, 2: 0.5}) == 16
 
 
 def test_an_attached_predictor_sends_the_retrieved_demos_and_survives_copies():

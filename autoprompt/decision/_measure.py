@@ -131,7 +131,7 @@ def neighbour_vote(task: Any, train: Sequence[Any], dev: Sequence[Any], test: Se
     ``None`` when the task declares no label choices or the train examples lack the input fields.
     Returns ``k``, ``dev`` (the score per ``k``), ``scores`` (per test example) and ``inputs``.
     """
-    from autoprompt._retrieval import neighbour_votes
+    from autoprompt._retrieval import choose_k, neighbour_votes
 
     fields, label = list(task.input_fields), task.label_field
     if not task.choices or not train or not dev or not test or any(f not in train[0] for f in (*fields, label)):
@@ -144,7 +144,7 @@ def neighbour_vote(task: Any, train: Sequence[Any], dev: Sequence[Any], test: Se
                 for k in ks_}
 
     by_k = score(dev, tuple(ks))
-    best = max(ks, key=lambda k: (sum(by_k[k]), -k))
+    best = choose_k({k: sum(v) / len(v) for k, v in by_k.items()})
     return {"method": "bm25-vote", "k": best, "dev": {str(k): round(sum(v) / len(v), 4) for k, v in by_k.items()},
             "dev_n": len(dev), "scores": score(test, (best,))[best],
             "inputs": [{f: ex[f] for f in fields} for ex in test]}
