@@ -66,11 +66,12 @@ def _plots(decision: Any) -> list[str]:
         ax.errorbar(100 * v.accuracy, i, xerr=[[100 * (v.accuracy - lo)], [100 * (hi - v.accuracy)]], fmt="o",
                     capsize=4, color="#2a7" if v.name == decision.recommendation else "#357")
     ax.set_yticks(range(len(scored)), [v.name for v in scored], fontsize=8)
-    ax.invert_yaxis()
+    ax.set_ylim(len(scored) - 0.5, -0.5)  # the first variant on top, half a row of room at both ends
     ref = decision.reference
     if ref:
         ax.axvline(100 * ref["accuracy"], color="#999", linestyle=":", label=f"no LM: {ref['k']}-neighbour vote")
-        ax.legend(fontsize=7, loc="lower right")
+        # above the axes: inside, it hid the point of whichever variant scored near the reference
+        ax.legend(fontsize=7, loc="lower right", bbox_to_anchor=(1, 1), frameon=False, borderaxespad=0.2)
     ax.set_xlabel("test accuracy % (95% bootstrap interval)")
     out.append(_figure(fig, "plot-accuracy", "Test accuracy of each variant with its 95% bootstrap interval "
                                              "(the recommended one in green" +
@@ -89,6 +90,7 @@ def _plots(decision: Any) -> list[str]:
                 front.append((xi, 100 * v.accuracy))
                 best = v.accuracy
         ax.plot(*zip(*front), "--o", color="#2a7", mfc="none", ms=10, label="frontier")
+        ax.margins(x=0.2, y=0.1)  # room for the names beside the points at the right and top edges
         ax.set_xlabel("cost per 1,000 calls" if priced else "prompt tokens per call")
         ax.set_ylabel("test accuracy %")
         ax.legend(fontsize=8)

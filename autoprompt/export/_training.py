@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -571,16 +572,41 @@ def _extra_text(counts: dict[str, Any]) -> str:
 def split_validation(records: list[dict[str, Any]], val_fraction: float, seed: int
                      ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``(train, val)``: a seeded validation share of ``records``, stratified over their ``label`` and made of
-    whole examples (records sharing an ``example`` index stay together)."""
+    whole examples (records sharing an ``example`` index stay together).
+
+    The share is ``round(val_fraction * examples)`` examples in all, allocated by largest remainder: each
+    label gives ``floor(val_fraction * its examples)``, the rest go one each to the labels with the largest
+    remainders (ties in a seeded order), never a label's last training example. Rounding per label instead
+    would hold nothing back from a many-label task with a few examples per label (82 traces over 44
+    Banking77 intents: 0.1 x 1..4 rounds to 0 for every one of them).
+
+    Example:
+        >>> records = [{"example": i, "label": label} for i, label in enumerate("aabbbcccccd")]
+        >>> train, val = split_validation(records, 0.2, seed=0)
+        >>> len(val), sorted(r["label"] for r in val)  # 0.2 x 11 rounds to 2; "d" keeps its only example
+        (2, ['b', 'c'])
+    """
     by_label: dict[str, dict[int, None]] = {}  # example indices per label, in order, once each
     for r in records:
         by_label.setdefault(str(r.get("label")), {})[r["example"]] = None
     rng = random.Random(seed)
+    labels = sorted(by_label)
+    shares = {label: val_fraction * len(by_label[label]) for label in labels}
+    counts = {label: math.floor(shares[label]) for label in labels}
+    left = int(round(val_fraction * sum(len(ids) for ids in by_label.values()))) - sum(counts.values())
+    order = labels[:]
+    random.Random(seed + 1).shuffle(order)  # the tie order among equal remainders
+    for label in sorted(order, key=lambda lb: shares[lb] - counts[lb], reverse=True):
+        if left <= 0:
+            break
+        if counts[label] + 1 < len(by_label[label]):
+            counts[label] += 1
+            left -= 1
     val_ids: set[int] = set()
-    for label in sorted(by_label):
+    for label in labels:
         ids = list(by_label[label])
         rng.shuffle(ids)
-        val_ids.update(ids[:int(round(val_fraction * len(ids)))])
+        val_ids.update(ids[:counts[label]])
     return [r for r in records if r["example"] not in val_ids], [r for r in records if r["example"] in val_ids]
 
 

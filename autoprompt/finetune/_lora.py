@@ -307,6 +307,9 @@ class LoRAFinetuner(BaseFinetuner):
                 bar.update(1)
                 if validator is not None and (step % eval_every == 0 or step == total):
                     validate()
+                elif validator is None and step % steps_per_epoch == 0:  # a line per epoch for logs without a bar
+                    logger.info("step %d/%d: train loss %.4f (no validation records: the last step is kept)",
+                                step, total, losses[-1])
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", **({"val_acc": f"{evals[-1]['val_accuracy']:.3f}"}
                                                              if evals else {}))
                 out_of_time = self.max_minutes is not None and step < total and \

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
+from collections import Counter
 
 import datasets
 import dspy
@@ -11,6 +13,7 @@ import pytest
 import autoprompt
 from autoprompt import ExportError
 from autoprompt.export import compile_training_data
+from autoprompt.export._training import split_validation
 from autoprompt.lms import build_lm
 
 
@@ -118,6 +121,22 @@ def test_balance_caps_every_label_at_the_rarest_and_reports_the_histogram(small_
     assert sorted(answers) == ["negative"] * 5 + ["positive"] * 5
     # the validation share is stratified too: one example of each label
     assert sorted(r["label"] for r in data.val) == ["negative", "positive"]
+
+
+def test_the_validation_share_holds_back_examples_of_a_task_with_many_labels_and_few_traces_each():
+    # 82 traces over 50 labels, like Banking77's data curve at 231 examples: rounding 0.1 x 1..4 per label gave none
+    rng = random.Random(3)
+    records = [{"example": i, "label": f"intent{rng.randrange(50)}"} for i in range(82)]
+    per_label = Counter(r["label"] for r in records)
+    train, val = split_validation(records, 0.1, seed=0)
+    assert len(val) == 8 and len(train) == 74
+    assert all(per_label[r["label"]] >= 2 for r in val)  # no label loses its only training example
+    assert {r["label"] for r in train} == set(per_label)
+    assert split_validation(records, 0.1, seed=0) == (train, val)  # seeded
+    assert split_validation(records, 0.0, seed=0) == (records, [])
+    # a label's whole share comes before any remainder: 30 of one label, 10 of another -> 3 + 1
+    two = [{"example": i, "label": "a" if i < 30 else "b"} for i in range(40)]
+    assert Counter(r["label"] for r in split_validation(two, 0.1, seed=1)[1]) == {"a": 3, "b": 1}
 
 
 def test_max_traces_fills_a_quota_per_label_without_running_the_rest(small_task):
