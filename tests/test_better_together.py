@@ -95,7 +95,10 @@ def test_cli_runs_strategies_sharing_prefixes_and_keeps_every_step(tmp_path) -> 
         assert source in manifest["source_program"] and manifest["options"]["keep_demos"] is False
         assert manifest["options"]["max_attempts"] == 5 * manifest["options"]["max_traces"] == 5000  # the default cap
         rows = (step / "data" / "train.jsonl").read_text().splitlines()
-        assert len(rows) == manifest["counts"]["records"] > 0
+        val = step / "data" / "val.jsonl"
+        held = val.read_text().splitlines() if val.is_file() else []
+        assert len(rows) + len(held) == manifest["counts"]["records"] > 0
+        assert len(held) == round(0.1 * manifest["counts"]["records"])  # the default val_fraction, over all labels
         assert (step / "model" / "adapter.gguf").is_file()
         assert json.loads((step / "model" / "finetune.json").read_text())["metrics"]["steps"] == 2
         saved = json.loads((step / "step.json").read_text())
