@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # kernels) crashed in batched prompt decoding on our 2-core CI machines.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 TORCH ?= torch==2.13.0
-DEMO_ARGS ?= --dev-limit 200 --test-limit 200 --max-calls 1000
+DEMO_ARGS ?= --dev-limit 200 --test-limit 200 --max-calls 300
 
 .PHONY: install postgres chromium demo test test-slow clean
 
