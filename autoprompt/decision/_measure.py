@@ -143,8 +143,8 @@ def neighbour_vote(task: Any, train: Sequence[Any], dev: Sequence[Any], test: Se
         return {k: [float(task.metric(ex, dspy.Prediction(**{label: v[k]}))) for ex, v in zip(examples, votes)]
                 for k in ks_}
 
-    by_k = score(dev, tuple(ks))
-    best = choose_k({k: sum(v) / len(v) for k, v in by_k.items()})
-    return {"method": "bm25-vote", "k": best, "dev": {str(k): round(sum(v) / len(v), 4) for k, v in by_k.items()},
+    dev_means = {k: sum(v) / len(v) for k, v in score(dev, tuple(ks)).items()}
+    best = choose_k(dev_means)
+    return {"method": "bm25-vote", "k": best, "dev": {str(k): round(m, 4) for k, m in dev_means.items()},
             "dev_n": len(dev), "scores": score(test, (best,))[best],
             "inputs": [{f: ex[f] for f in fields} for ex in test]}
