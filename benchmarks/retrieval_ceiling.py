@@ -163,8 +163,9 @@ def main() -> None:
     cells: dict[str, dict] = {}
     programs: dict[str, list[dict]] = {}
     rows = []
+    tasks: dict[str, autoprompt.Task] = {}
     for name in args.tasks:
-        task = autoprompt.load_task(str(ROOT / "tasks" / f"{name}.py"))
+        task = tasks[name] = autoprompt.load_task(str(ROOT / "tasks" / f"{name}.py"))
         n_train = len(task.examples("train"))
         first = len(rows)
         devs = score(task, "dev", LIMITS[name]["dev"])
@@ -199,8 +200,7 @@ def main() -> None:
         lines += [f"| {name} | {c['side']}, {c['calls']}, s{c['seed']} | {c['code']} | {100 * c['test']:.1f} | "
                   f"{100 * c['vote']:.1f} ({c['k']}) | {c['both']} | {c['program_only']} | {c['vote_only']} | "
                   f"{c['neither']} | {c['p_value']:.2g} |" for c in found]
-    rules = {name: other_rules(autoprompt.load_task(str(ROOT / "tasks" / f"{name}.py")), LIMITS[name])
-             for name in args.tasks if name != "iris"}
+    rules = {name: other_rules(task, LIMITS[name]) for name, task in tasks.items() if name != "iris"}
     lines += ["", "## Other neighbour rules", "",
               "The vote with one thing changed: the neighbours' BM25 scores as weights, bigrams as tokens, words "
               "after a negator marked (`not good` -> `not`, `not_good`), and more neighbours (up to 64). Dev % "
