@@ -277,16 +277,25 @@ def _plot(cells: list[dict[str, Any]]) -> None:
     panels = sorted({(c["task"], c["calls"]) for c in cells})
     if not panels:
         return
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
-    colors = {o: f"C{i}" for i, o in enumerate(OPTIMIZERS)}
-    for ax, (task, calls) in zip(axes[0], panels):
+    tasks = sorted({task for task, _ in panels})  # a row per task, its budgets left to right
+    budgets = {task: [calls for t, calls in panels if t == task] for task in tasks}
+    ncols = max(len(b) for b in budgets.values())
+    fig, axes = plt.subplots(len(tasks), ncols, figsize=(6 * ncols, 4 * len(tasks)), squeeze=False)
+    for row, task in enumerate(tasks):
+        for col in range(len(budgets[task]), ncols):
+            axes[row][col].set_visible(False)
+    colors = {o: f"C{i % 10}" for i, o in enumerate(OPTIMIZERS)}  # past ten sides: the colours again, dashed
+    styles = {o: "-" if i < 10 else "--" for i, o in enumerate(OPTIMIZERS)}
+    for task, calls in panels:
+        ax = axes[tasks.index(task)][budgets[task].index(calls)]
         for c in (c for c in cells if (c["task"], c["calls"]) == (task, calls)):
             xs, ys, best = [], [], 0.0
             for spent, score in sorted(c["anytime"]):
                 best = max(best, score)
                 xs.append(spent)
                 ys.append(100 * best)
-            ax.step(xs, ys, where="post", color=colors[c["optimizer"]], alpha=0.8,
+            ax.step(xs, ys, where="post", color=colors[c["optimizer"]], linestyle=styles[c["optimizer"]], alpha=0.8,  # a dot at the end: a
+                    marker="o", markersize=3, markevery=[len(xs) - 1],  # one-point cell (SIMBA) shows too
                     label=LABELS[c["optimizer"]] if c["seed"] == min(d["seed"] for d in cells
                                                                      if d["optimizer"] == c["optimizer"]) else None)
         ax.set_title(f"{task}, budget {calls} calls")
