@@ -294,8 +294,11 @@ def _plot(cells: list[dict[str, Any]]) -> None:
                 best = max(best, score)
                 xs.append(spent)
                 ys.append(100 * best)
-            ax.step(xs, ys, where="post", color=colors[c["optimizer"]], linestyle=styles[c["optimizer"]], alpha=0.8,  # a dot at the end: a
-                    marker="o", markersize=3, markevery=[len(xs) - 1],  # one-point cell (SIMBA) shows too
+            if not xs:
+                continue
+            # a dot at each curve's end, so that a one-point cell (SIMBA's) shows too
+            ax.step(xs, ys, where="post", color=colors[c["optimizer"]], linestyle=styles[c["optimizer"]], alpha=0.8,
+                    marker="o", markersize=3, markevery=[len(xs) - 1],
                     label=LABELS[c["optimizer"]] if c["seed"] == min(d["seed"] for d in cells
                                                                      if d["optimizer"] == c["optimizer"]) else None)
         ax.set_title(f"{task}, budget {calls} calls")
