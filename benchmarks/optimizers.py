@@ -288,6 +288,7 @@ def _plot(cells: list[dict[str, Any]]) -> None:
     styles = {o: "-" if i < 10 else "--" for i, o in enumerate(OPTIMIZERS)}
     for task, calls in panels:
         ax = axes[tasks.index(task)][budgets[task].index(calls)]
+        labelled: set[str] = set()  # one legend entry per side in this panel
         for c in (c for c in cells if (c["task"], c["calls"]) == (task, calls)):
             xs, ys, best = [], [], 0.0
             for spent, score in sorted(c["anytime"]):
@@ -299,8 +300,8 @@ def _plot(cells: list[dict[str, Any]]) -> None:
             # a dot at each curve's end, so that a one-point cell (SIMBA's) shows too
             ax.step(xs, ys, where="post", color=colors[c["optimizer"]], linestyle=styles[c["optimizer"]], alpha=0.8,
                     marker="o", markersize=3, markevery=[len(xs) - 1],
-                    label=LABELS[c["optimizer"]] if c["seed"] == min(d["seed"] for d in cells
-                                                                     if d["optimizer"] == c["optimizer"]) else None)
+                    label=None if c["optimizer"] in labelled else LABELS[c["optimizer"]])
+            labelled.add(c["optimizer"])
         ax.set_title(f"{task}, budget {calls} calls")
         ax.set_xlabel("LM calls spent")
         ax.set_ylabel("best dev score so far (%)")
