@@ -152,6 +152,9 @@ def run_programs(prompts: list[str]) -> None:
         if not path.exists():
             continue
         cell = json.loads(path.read_text())
+        unlabelled = -float(np.median(odds["dev"]))  # batch calibration: the dev inputs' median, labels unused
+        line(cell["prompt"], "the LM + the 64-vote, w = 1, c = minus the median dev log-odds (no labels)",
+             fit(odds, vote, gold, weights=(1.0,), biases=(round(unlabelled, 2),), ks=(64,)), code)
         if "program" in cell:
             logger.info("%s: program run done, skipped", path.relative_to(HERE))
             continue
@@ -284,6 +287,9 @@ def report() -> str:
              code)
         line(cell["prompt"], "the LM + the vote (k, w, c fitted on dev)",
              fit(odds, vote, gold, weights=WEIGHTS, biases=BIASES, ks=KS), code)
+        unlabelled = -float(np.median(odds["dev"]))  # batch calibration: the dev inputs' median, labels unused
+        line(cell["prompt"], "the LM + the 64-vote, w = 1, c = minus the median dev log-odds (no labels)",
+             fit(odds, vote, gold, weights=(1.0,), biases=(round(unlabelled, 2),), ks=(64,)), code)
         if "program" in cell:
             run = cell["program"]
             line(cell["prompt"], "the same rule run as a program (per-call logit_bias, greedy answers parsed)",
@@ -314,8 +320,9 @@ def report() -> str:
              "on dev (ties: smaller w, |c|, k); the vote alone answers the second choice on a tie. Test: mean and 95% percentile-bootstrap interval; "
              "against the vote of the same k alone on the same rows: the difference and the exact McNemar p. The "
              "program rows run the fitted rule through DSPy and the engine (VotePrior: the logit_bias split between "
-             "the two labels' first tokens, the answer parsed as in any evaluation). The oracle row is not a method: "
-             "the rows either side gets right.")
+             "the two labels' first tokens, the answer parsed as in any evaluation). The 'no labels' rows set c "
+             "without the dev labels (batch calibration: the prompt's answers centred on the dev inputs). The oracle "
+             "row is not a method: the rows either side gets right.")
     text = write_markdown(OUT, "The LM and its neighbours' vote, combined", notes,
                           ["prompt", "rule", "fitted", "dev %", "test % [95% CI]", "vs the k-vote alone (test)", "code"], table)
     atomic_write(OUT.with_suffix(".json"), dump_json({"task": TASK, "rows": data}))
