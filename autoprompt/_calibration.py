@@ -22,7 +22,7 @@ import dspy
 
 from autoprompt._adapter import CompactJSONAdapter
 
-__all__ = ["CONTENT_FREE", "calibrate_program", "label_bias", "local_engine", "with_logit_bias"]
+__all__ = ["CONTENT_FREE", "calibrate_program", "label_bias", "label_distribution", "local_engine", "with_logit_bias"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +46,6 @@ def label_bias(predictor: dspy.Predict, *, field: str, choices: list[str], lm: A
     (not the embedded engine, labels sharing a first token, the answer never reaching the field).
     ``strength`` scales it: 1.0 is Zhao et al.'s full correction, which on SST-2 zero-shot turned 98%
     "positive" answers into 80% "negative" (``benchmarks/results/search_moves.md``); 0.5 corrects half way."""
-    from autoprompt._retrieval import demos_for
-    from autoprompt.export._render import json_schema
-
     lm = lm if lm is not None else dspy.settings.lm
     engine = local_engine(lm)
     if engine is None or field not in predictor.signature.output_fields or len(choices) < 2:
@@ -57,22 +54,10 @@ def label_bias(predictor: dspy.Predict, *, field: str, choices: list[str], lm: A
     if len(set(ids)) < len(ids):
         logger.info("no calibration: labels %s share a first token", choices)
         return None
-    signature = predictor.signature
-    schema = json_schema(signature)
-    adapter = CompactJSONAdapter()
     found = []
     for value in CONTENT_FREE:
-        inputs = {name: value for name in signature.input_fields}
-        messages = adapter.format(signature, demos_for(predictor, inputs), inputs)
-        # DSPy's response cache holds the probes too: a rerun of the same search costs no LM call
-        request = {"autoprompt": "label_distribution", "model": engine.model_id, "messages": messages,
-                   "schema": schema, "field": field, "token_ids": ids}
-        cached = getattr(lm, "cache", True)
-        dist = dspy.cache.get(request) if cached else None
-        if dist is None:
-            dist = engine.label_distribution(messages, schema=schema, field=field, token_ids=ids)
-            if dist is not None and cached:
-                dspy.cache.put(request, dist)
+        dist = label_distribution(predictor, {name: value for name in predictor.signature.input_fields},
+                                  field=field, token_ids=ids, lm=lm)
         if dist is not None:
             found.append(dist)
     if not found:
@@ -82,6 +67,33 @@ def label_bias(predictor: dspy.Predict, *, field: str, choices: list[str], lm: A
     centre = sum(bias) / len(bias)
     return {str(token): round(max(-MAX_BIAS, min(MAX_BIAS, strength * (b - centre))), 4)
             for token, b in zip(ids, bias)}
+
+
+def label_distribution(predictor: dspy.Predict, inputs: dict[str, Any], *, field: str, token_ids: list[int],
+                       lm: Any = None) -> list[float] | None:
+    """The embedded model's probabilities of ``token_ids`` (each label's first token) where ``predictor``'s
+    greedy, grammar-constrained answer to ``inputs`` chooses ``field`` (its instruction and demos, retrieved
+    ones included), from one metered LM call answered from DSPy's cache when the LM caches (a rerun of the
+    same search costs no call); ``None`` when the answer never reaches the field. Needs the embedded engine."""
+    from autoprompt._retrieval import demos_for
+    from autoprompt.export._render import json_schema
+
+    lm = lm if lm is not None else dspy.settings.lm
+    engine = local_engine(lm)
+    if engine is None:
+        return None
+    signature = predictor.signature
+    messages = CompactJSONAdapter().format(signature, demos_for(predictor, inputs), inputs)
+    schema = json_schema(signature)
+    request = {"autoprompt": "label_distribution", "model": engine.model_id, "messages": messages,
+               "schema": schema, "field": field, "token_ids": list(token_ids)}
+    cached = getattr(lm, "cache", True)
+    dist = dspy.cache.get(request) if cached else None
+    if dist is None:
+        dist = engine.label_distribution(messages, schema=schema, field=field, token_ids=list(token_ids))
+        if dist is not None and cached:
+            dspy.cache.put(request, dist)
+    return dist
 
 
 def calibrate_program(program: dspy.Module, task: Any, strengths: Mapping[str, float]) -> dict[str, dict]:

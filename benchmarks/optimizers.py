@@ -62,18 +62,20 @@ logger = logging.getLogger("benchmarks.optimizers")
 #: optimizer names of the benchmark -> autoprompt optimizer names (None: the zero-shot program, no search)
 OPTIMIZERS: dict[str, str | None] = {"optuna": "optuna", "optuna-no-warm-start": "optuna",
                                      "optuna-fixed-demos": "optuna", "optuna-bare": "optuna",
-                                     "optuna-4-similarity": "optuna",
+                                     "optuna-4-similarity": "optuna", "optuna-prior": "optuna",
                                      "mipro": "mipro", "gepa": "gepa", "simba": "simba", "bfrs": "random-search",
                                      "bootstrap": "bootstrap", "zero-shot": None}
 #: options of a side beyond the optimizer's defaults (the ablations of the search's moves)
 OPTIONS: dict[str, dict[str, Any]] = {"optuna-no-warm-start": {"warm_start": False},
                                       "optuna-fixed-demos": {"retrieved_demos": False},
                                       "optuna-bare": {"retrieved_demos": False, "calibrate": False},
-                                      "optuna-4-similarity": {"demo_order": "similarity", "max_demos": 4}}
+                                      "optuna-4-similarity": {"demo_order": "similarity", "max_demos": 4},
+                                      "optuna-prior": {"label_prior": True}}
 LABELS = {"optuna": "autoprompt (Optuna search)", "optuna-no-warm-start": "autoprompt without the warm start",
           "optuna-fixed-demos": "autoprompt without per-input demos",
           "optuna-bare": "autoprompt without per-input demos and calibration",
           "optuna-4-similarity": "autoprompt before vote-ordered demos (at most 4, by similarity)",
+          "optuna-prior": "autoprompt with the neighbours' label prior (label_prior=True)",
           "mipro": "MIPROv2", "gepa": "GEPA", "simba": "SIMBA",
           "bfrs": "BootstrapFewShotWithRandomSearch", "bootstrap": "BootstrapFewShot", "zero-shot": "zero-shot"}
 #: limits: a seeded label-stratified sample of N rows (None = the whole split); the same for every cell
@@ -155,7 +157,7 @@ def run_cell(task_name: str, calls: int, optimizer: str, seed: int, command: str
         result.evaluate("test", limit=settings["test_limit"], progress=False)
         test = result.evaluations[("optimized", "test")]
         usage = result.usage
-        points = _optuna_points(run_dir, int(usage["lm_calls"])) if optimizer == "optuna" else recorder.points
+        points = _optuna_points(run_dir, int(usage["lm_calls"])) if OPTIMIZERS[optimizer] == "optuna" else recorder.points
         points = [*points, (int(usage["lm_calls"]), dev.score)]
     scores = [float(r["score"]) for r in test.records]
     cell = {

@@ -27,6 +27,16 @@ RETRIEVAL_RULE = (
     "message. autoprompt.render_messages(prompt_json, inputs) renders exactly these messages."
 )
 
+LABEL_PRIOR_RULE = (
+    "This predictor adds a prior from its neighbours' labels to its label choice at each call. For each call: "
+    "find the k nearest pool examples as for 'demos_per_input' (the same tokens, BM25 with k1 and b as given in "
+    "'retrieval', the same skip and ties; k as given here); count n_l, how many carry each label l of "
+    "'choices' in 'label_field'; prior_l = weight * ln((n_l + 0.5) / (k' + 0.5 * L)) + bias_l (k' the examples "
+    "counted, L the number of labels, bias_l 0 when not given); subtract the mean of prior over the labels; add "
+    "each label's value to its first token's id in 'token_ids' as an OpenAI logit_bias (on top of "
+    "'generation.logit_bias' when there is one), clipped to [-100, 100]. Token ids of the model in 'lm'."
+)
+
 
 class JsonExporter(BaseExporter):
     """The versioned prompt document itself; :func:`autoprompt.load_prompt` reads it back."""
@@ -64,6 +74,8 @@ class MessagesExporter(BaseExporter):
             }
             if spec.get("retrieval"):
                 entry["demos_per_input"] = {**spec["retrieval"], "rule": RETRIEVAL_RULE}
+            if spec.get("label_prior"):
+                entry["logit_bias_per_input"] = {**spec["label_prior"], "rule": LABEL_PRIOR_RULE}
             bias = spec.get("config", {}).get("logit_bias")
             if bias:  # a calibrated label choice (autoprompt._calibration): send it with every call
                 entry["generation"]["logit_bias"] = bias
@@ -104,6 +116,11 @@ class TextExporter(BaseExporter):
                 r = spec["retrieval"]
                 lines.append(f"# Demos are chosen per input ({r['k']} nearest of {len(r['pool'])} labelled examples, "
                              f"{r['method']}): this text cannot carry them and shows the prompt without demos. "
+                             "The json and messages exports carry the pool and the rule.")
+            if spec.get("label_prior"):
+                p = spec["label_prior"]
+                lines.append(f"# Each call adds a prior from its {p['k']} nearest labelled examples' labels as a logit_bias "
+                             f"(weight {p['weight']:g}): this text cannot carry it, and without it the answers differ. "
                              "The json and messages exports carry the pool and the rule.")
             if spec.get("config", {}).get("logit_bias"):
                 lines.append(f"# Calibrated label choice: send logit_bias {json.dumps(spec['config']['logit_bias'], sort_keys=True)} "

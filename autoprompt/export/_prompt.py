@@ -3,7 +3,9 @@
 Shape (``format_version`` 1; keys sorted, 2-space indent, so the same program gives the same bytes;
 ``format_version`` 2 when a predictor retrieves its demos per input: it then has a ``retrieval`` entry,
 ``{"method": "bm25", "k", "input_fields", "pool", "k1", "b"}``, and empty ``demos``; ``format_version`` 3
-when those demos are ordered by their labels' vote: the entry adds ``"order": "vote"`` and ``label_field``)::
+when those demos are ordered by their labels' vote: the entry adds ``"order": "vote"`` and ``label_field``;
+``format_version`` 4 when a predictor adds its neighbours' label prior to each call: a ``label_prior`` entry,
+:meth:`autoprompt._vote_prior.LabelPrior.spec`)::
 
     {"format": "autoprompt.prompt", "format_version": 1, "autoprompt_version": "0.1.0",
      "task": "sentiment", "lm": {...}, "seed": 0, "optimizer": "optuna", "scores": {...},
@@ -26,6 +28,7 @@ import dspy
 from autoprompt._adapter import ADAPTER_NAME
 from autoprompt._exceptions import ExportError
 from autoprompt._retrieval import Retriever, attach, retriever_of
+from autoprompt._vote_prior import LabelPrior, attach_prior, prior_of
 from autoprompt._version import __version__
 from autoprompt.store import dump_json
 
@@ -35,7 +38,8 @@ FORMAT = "autoprompt.prompt"
 FORMAT_VERSION = 1
 RETRIEVAL_FORMAT_VERSION = 2  # written when a predictor retrieves demos; read: all three
 VOTE_ORDER_FORMAT_VERSION = 3  # ... and orders them by vote (a reader of 2 would order them by similarity)
-READS = (FORMAT_VERSION, RETRIEVAL_FORMAT_VERSION, VOTE_ORDER_FORMAT_VERSION)
+LABEL_PRIOR_FORMAT_VERSION = 4  # a predictor adds its neighbours' label prior (a reader of 3 would drop it)
+READS = (FORMAT_VERSION, RETRIEVAL_FORMAT_VERSION, VOTE_ORDER_FORMAT_VERSION, LABEL_PRIOR_FORMAT_VERSION)
 
 
 def _field(name: str, info: Any) -> dict[str, Any]:
@@ -73,13 +77,17 @@ def prompt_document(program: dspy.Module, *, task: Any, meta: dict[str, Any] | N
         retriever = retriever_of(predictor)
         if retriever is not None:
             entry["retrieval"] = retriever.spec()
+        prior = prior_of(predictor)
+        if prior is not None:
+            entry["label_prior"] = prior.spec()
         predictors.append(entry)
     retrieves = any("retrieval" in p for p in predictors)
     votes = any(p.get("retrieval", {}).get("order", "similarity") != "similarity" for p in predictors)
+    priors = any("label_prior" in p for p in predictors)
     document = {
         "format": FORMAT,
-        "format_version": VOTE_ORDER_FORMAT_VERSION if votes else RETRIEVAL_FORMAT_VERSION if retrieves else
-        FORMAT_VERSION,
+        "format_version": LABEL_PRIOR_FORMAT_VERSION if priors else VOTE_ORDER_FORMAT_VERSION if votes else
+        RETRIEVAL_FORMAT_VERSION if retrieves else FORMAT_VERSION,
         "autoprompt_version": __version__,
         "task": task.name,
         "adapter": ADAPTER_NAME,
@@ -151,6 +159,11 @@ def load_prompt(source: str | Path | dict, task: Any) -> dspy.Module:
                 attach(predictor, Retriever.from_spec(spec["retrieval"]))
             except (KeyError, TypeError, ValueError) as exc:
                 raise ExportError(f"predictor {name!r}: its demo retrieval cannot be rebuilt ({exc})") from exc
+        if spec.get("label_prior"):
+            try:
+                attach_prior(predictor, LabelPrior.from_spec(spec["label_prior"]))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ExportError(f"predictor {name!r}: its label prior cannot be rebuilt ({exc})") from exc
         if spec.get("config"):
             predictor.config = dict(spec["config"])
     return program

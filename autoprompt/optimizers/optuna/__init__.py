@@ -8,12 +8,15 @@
    (``<predictor>.retrieve``: per-input demos, or ``<predictor>.demo_set``), ``<predictor>.calibrate``
    (and ``temperature``, and the task's own ``search_space``) and is scored on growing minibatches of
    the dev split, reporting each as an intermediate value so that the pruner stops weak candidates.
-   A new study's first trial is enqueued: 4 per-input demos under the task's own instruction.
+   A new study's first trial is enqueued: per-input demos ordered by vote under the task's own instruction.
+   With ``label_prior``, ``<predictor>.prior`` too: such a trial fits the neighbours' label prior on the
+   label probabilities of its dev rows and reports a cross-fitted score (``_prior``); a second trial is
+   enqueued: 4 fixed labelled demos and the prior.
 3. The study lives in a storage URL (SQLite in the run directory by default), so a killed run
    resumes with every finished trial, and several workers can share it.
 
-The package: ``_pool`` (the candidate pool), ``_trial`` (one trial: its program and score), ``_study``
-(:class:`OptunaSearch`). Readers of a run (report, worker, ``export --trial``) use the public hooks
+The package: ``_pool`` (the candidate pool), ``_trial`` (one trial: its program and score), ``_prior`` (the
+label prior's fit), ``_study`` (:class:`OptunaSearch`). Readers of a run (report, worker, ``export --trial``) use the public hooks
 :func:`load_pool` and :func:`program_of_trial`.
 """
 

@@ -55,7 +55,7 @@ class ProposeInstruction(dspy.Signature):
 
 def build_pool(program: dspy.Module, task: Any, context: Context, *, max_demos: int, n_demo_sets: int,
                n_instructions: int, n_templates: int = 0, retrieval: bool = False, calibrate: bool = False,
-               demo_orders: tuple[str, ...] = ("similarity",)) -> dict:
+               demo_orders: tuple[str, ...] = ("similarity",), label_prior: bool = False) -> dict:
     """Instructions and demo sets per predictor; see the module docstring."""
     rng = random.Random(context.seed)
     pool: dict[str, Any] = {"version": POOL_VERSION, "predictors": {}, "skipped": {}}
@@ -98,6 +98,13 @@ def build_pool(program: dspy.Module, task: Any, context: Context, *, max_demos: 
             logger.info("predictor %s: no per-input demos (the train examples lack its inputs %s)", name, inputs)
         if calibrate:
             pool["predictors"][name]["calibrate"] = _calibratable(name, predictor, task)
+        if label_prior:
+            prior = _prior_offer(name, predictor, program, task, context)
+            if prior is not None:
+                pool["predictors"][name]["label_prior"] = prior
+                if "retrieval" not in pool["predictors"][name]:  # the prior's neighbours come from the train split
+                    pool["predictors"][name]["prior_pool"] = [
+                        {k: v for k, v in ex.items() if k in fields} for ex in context.trainset]
     pool["skipped"] = {"instructions": inst_failed, "bootstrap_examples": boot_failed}
     logger.info(
         "candidate pool: %s; skipped %d instruction proposals and %d bootstrap examples",
@@ -108,22 +115,47 @@ def build_pool(program: dspy.Module, task: Any, context: Context, *, max_demos: 
     return json.loads(json.dumps(pool, default=str))
 
 
-def _calibratable(name: str, predictor: Any, task: Any) -> bool:
-    """Whether a trial may calibrate this predictor's label choice (see :mod:`autoprompt._calibration`)."""
+def _label_choice_problem(predictor: Any, task: Any) -> str | None:
+    """Why a ``logit_bias`` cannot steer this predictor's label choice, or ``None`` when it can."""
     from autoprompt._calibration import local_engine
 
     lm = dspy.settings.lm  # the task LM (a trial calibrates for the LM it is scored on)
     engine = local_engine(lm)
-    why = None
     if not task.choices or task.label_field not in predictor.signature.output_fields:
-        why = "it does not choose the task's declared labels"
-    elif engine is None:
-        why = f"its LM {getattr(lm, 'model', lm)!r} is not the embedded llama.cpp engine (logit_bias needs its token ids)"
-    elif len(set(engine.first_tokens(list(task.choices)))) < len(task.choices):
-        why = "labels share a first token"
+        return "it does not choose the task's declared labels"
+    if engine is None:
+        return f"its LM {getattr(lm, 'model', lm)!r} is not the embedded llama.cpp engine (logit_bias needs its token ids)"
+    if len(set(engine.first_tokens([str(c) for c in task.choices]))) < len(task.choices):
+        return "labels share a first token"
+    return None
+
+
+def _calibratable(name: str, predictor: Any, task: Any) -> bool:
+    """Whether a trial may calibrate this predictor's label choice (see :mod:`autoprompt._calibration`)."""
+    why = _label_choice_problem(predictor, task)
     if why:
         logger.info("calibration not searched for predictor %s: %s", name, why)
     return why is None
+
+
+def _prior_offer(name: str, predictor: Any, program: dspy.Module, task: Any, context: Context) -> dict | None:
+    """The labels and their first tokens when a trial may add the neighbours' label prior to this predictor
+    (:mod:`autoprompt.optimizers.optuna._prior`), else ``None`` (logged)."""
+    from autoprompt._calibration import local_engine
+
+    why = _label_choice_problem(predictor, task)
+    inputs = list(predictor.signature.input_fields)
+    if why is None and len(list(program.named_predictors())) != 1:
+        why = "the program has several predictors (a trial fits the prior on the label's probabilities)"
+    elif why is None and list(predictor.signature.output_fields) != [task.label_field]:
+        why = f"its outputs {list(predictor.signature.output_fields)} are not the label alone"
+    elif why is None and not (context.trainset and all(k in context.trainset[0] for k in [*inputs, task.label_field])):
+        why = "the train examples lack its inputs or the label"
+    if why:
+        logger.info("label prior not searched for predictor %s: %s", name, why)
+        return None
+    choices = [str(c) for c in task.choices]
+    return {"choices": choices, "token_ids": local_engine().first_tokens(choices)}
 
 
 def load_pool(study: Any) -> dict:

@@ -13,9 +13,11 @@ from autoprompt._calibration import calibrate_program, with_logit_bias
 from autoprompt._exceptions import BudgetExhausted, LMError
 from autoprompt.evaluate import MAX_ERROR_SHARE, MAX_LEADING_ERRORS, run_one
 from autoprompt._retrieval import Retriever, attach, demos_for
+from autoprompt._vote_prior import attach_prior, prior_of
+from autoprompt.optimizers.optuna._prior import cross_fitted, fit_prior, prior_for, prior_rows
 from autoprompt.optimizers._base import Context
 
-__all__ = ["build_program", "program_of_trial", "run_trial", "start_params", "suggest"]
+__all__ = ["build_program", "prior_start_params", "program_of_trial", "run_trial", "start_params", "suggest"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,10 +29,13 @@ CALIBRATION_STRENGTHS = (0.0, 0.5)
 
 
 def build_program(task: Any, pool: dict, params: dict[str, Any], task_params: dict | None = None,
-                  logit_bias: dict[str, dict] | None = None) -> dspy.Module:
+                  logit_bias: dict[str, dict] | None = None, label_prior: dict[str, dict] | None = None
+                  ) -> dspy.Module:
     """The program a trial's parameters stand for: ``params`` are autoprompt's own (instruction, demo
     set, number of demos, temperature), ``task_params`` what the task's ``search_space`` returned,
-    ``logit_bias`` the calibration a trial measured per predictor (its ``logit_bias`` user attribute)."""
+    ``logit_bias`` the calibration a trial measured per predictor (its ``logit_bias`` user attribute),
+    ``label_prior`` the prior's weight and biases a trial fitted per predictor (its ``label_prior`` user
+    attribute; a predictor whose ``prior`` parameter is on but has none fitted yet gets weight 1, no bias)."""
     program = task.make_program()
     if task.configure is not None and task_params:
         program = task.configure(program, dict(task_params))
@@ -51,6 +56,10 @@ def build_program(task: Any, pool: dict, params: dict[str, Any], task_params: di
         temperature = params.get("temperature")
         if temperature:
             predictor.config = {**predictor.config, "temperature": temperature}
+        if params.get(f"{name}.prior") and cands.get("label_prior"):
+            fitted = (label_prior or {}).get(name, {"weight": 1.0, "bias": {}})
+            attach_prior(predictor, prior_for(cands, task, list(predictor.signature.input_fields),
+                                              weight=fitted["weight"], bias=fitted["bias"]))
     return with_logit_bias(program, {name: bias for name, bias in (logit_bias or {}).items()
                                      if params.get(f"{name}.calibrate")})
 
@@ -65,8 +74,8 @@ def program_of_trial(study: Any, task: Any, trial_number: int) -> tuple[dspy.Mod
         raise RunError(f"trial {trial_number} does not exist; the study has trials 0..{len(study.trials) - 1}")
     trial = study.trials[trial_number]
     task_params = trial.user_attrs.get("task_params", {})
-    return build_program(task, load_pool(study), trial.params, task_params, trial.user_attrs.get("logit_bias")), \
-        task_params
+    return build_program(task, load_pool(study), trial.params, task_params, trial.user_attrs.get("logit_bias"),
+                         trial.user_attrs.get("label_prior")), task_params
 
 
 def start_params(pool: dict, *, max_demos: int) -> dict[str, Any]:
@@ -88,6 +97,30 @@ def start_params(pool: dict, *, max_demos: int) -> dict[str, Any]:
             params[f"{name}.demo_order"] = warm.get("demo_order", cands["demo_orders"][0])
         if cands.get("calibrate"):
             params[f"{name}.calibrate"] = 0.0
+        if cands.get("label_prior"):
+            params[f"{name}.prior"] = False
+    return params
+
+
+def prior_start_params(pool: dict, *, max_demos: int) -> dict[str, Any]:
+    """The search's second trial when the pool offers the label prior: per predictor its own instruction, the
+    first labelled demo set's first ``min(4, max_demos)`` demos (balanced over the labels) and the prior (its
+    weight and bias fitted by the trial). The configuration the vote-prior benchmark measured best on SST-2:
+    78.7-80.7% test over three demo seeds (``benchmarks/results/vote_prior.md``); ``{}`` when not offered."""
+    params: dict[str, Any] = {}
+    for name, cands in pool["predictors"].items():
+        if not cands.get("label_prior"):
+            continue
+        params[f"{name}.instruction"] = 0
+        params[f"{name}.prior"] = True
+        labelled = bool(cands["demo_sets"]) and max_demos > 0
+        if cands["demo_sets"] or cands.get("retrieval"):
+            if max_demos > 0:
+                params[f"{name}.n_demos"] = min(4, max_demos) if labelled else 0
+        if labelled and cands.get("retrieval"):
+            params[f"{name}.retrieve"] = False
+        if labelled:
+            params[f"{name}.demo_set"] = 0
     return params
 
 
@@ -102,7 +135,10 @@ def suggest(trial: Any, task: Any, pool: dict, *, max_demos: int, temperatures: 
             f"{name}.instruction", list(range(len(cands["instructions"])))
         )
         retrieval = bool(cands.get("retrieval"))
-        if cands.get("calibrate"):
+        prior = False
+        if cands.get("label_prior"):  # the trial fits its bias: no content-free calibration beside it
+            prior = params[f"{name}.prior"] = trial.suggest_categorical(f"{name}.prior", [False, True])
+        if cands.get("calibrate") and not prior:
             params[f"{name}.calibrate"] = trial.suggest_categorical(f"{name}.calibrate", list(CALIBRATION_STRENGTHS))
         if (cands["demo_sets"] or retrieval) and max_demos > 0:
             # conditional: where the demos come from is sampled only for a trial that takes some, and a
@@ -126,15 +162,24 @@ def suggest(trial: Any, task: Any, pool: dict, *, max_demos: int, temperatures: 
 
 
 def run_trial(trial: Any, task: Any, pool: dict, devset: list, steps: list[int], context: Context, *,
-              max_demos: int, temperatures: tuple[float, ...], multi_objective: bool, per_example: bool) -> Any:
+              max_demos: int, temperatures: tuple[float, ...], multi_objective: bool, per_example: bool,
+              prior_devset: list | None = None) -> Any:
     """Score one trial's program on growing minibatches of ``devset`` (reporting each to the pruner), record
-    what it cost in the trial's user attributes, and return its score (and prompt tokens when multi-objective)."""
+    what it cost in the trial's user attributes, and return its score (and prompt tokens when multi-objective).
+    A trial that takes the label prior is scored by :func:`_run_prior_trial` on ``prior_devset`` (default:
+    ``devset``) instead."""
     import optuna
 
     params, task_params = suggest(trial, task, pool, max_demos=max_demos, temperatures=temperatures)
     meter = context.meter.child()  # this trial's calls only, also when trials run at once (jobs > 1)
     started = time.monotonic()
     program = build_program(task, pool, params, task_params)
+    priored = [(name, p) for name, p in program.named_predictors() if prior_of(p) is not None]
+    if priored:
+        rows = prior_devset or devset
+        prior_steps = sorted({min(s, len(rows)) for s in steps[:-1]} | {len(rows)})
+        return _run_prior_trial(trial, task, program, priored[0], rows, prior_steps, meter, started,
+                                multi_objective=multi_objective, per_example=per_example)
     try:
         with dspy.context(usage_tracker=meter):
             logit_bias = _calibrate(program, params, task)
@@ -181,15 +226,8 @@ def run_trial(trial: Any, task: Any, pool: dict, devset: list, steps: list[int],
         trial.set_user_attr("budget_exhausted", True)
         trial.study.stop()
         pruned = True
-    prompt_tokens = _prompt_tokens(program, task, devset[0])
-    trial.set_user_attr("lm_calls", meter.calls)
-    trial.set_user_attr("tokens", meter.tokens)
-    trial.set_user_attr("seconds", round(time.monotonic() - started, 3))
-    trial.set_user_attr("examples", done)
-    trial.set_user_attr("failures", failures)
-    trial.set_user_attr("lm_errors", errors)
-    trial.set_user_attr("prompt_tokens", prompt_tokens)
-    trial.set_user_attr("score_so_far", total / done if done else 0.0)
+    prompt_tokens = _record(trial, program, task, devset, meter, started, examples=done, failures=failures,
+                            errors=errors, score=total / done if done else 0.0)
     if errors >= MAX_LEADING_ERRORS and errors > MAX_ERROR_SHARE * done:
         raise LMError(f"the LM failed on {errors} of {done} dev examples of trial {trial.number} (more than "
                       f"{MAX_ERROR_SHARE:.0%}); its score would measure the server: check the LM, then --resume")
@@ -197,6 +235,78 @@ def run_trial(trial: Any, task: Any, pool: dict, devset: list, steps: list[int],
         raise optuna.TrialPruned()
     score = total / done
     return (score, prompt_tokens) if multi_objective else score
+
+
+def _run_prior_trial(trial: Any, task: Any, program: dspy.Module, named: tuple[str, Any], devset: list,
+                     steps: list[int], meter: Any, started: float, *, multi_objective: bool, per_example: bool) -> Any:
+    """Score a trial that adds the label prior (:mod:`autoprompt.optimizers.optuna._prior`): per dev row the
+    label probabilities (one metered call), at each minibatch the cross-fitted score so far reported to the
+    pruner; at the end the prior's weight and biases fitted on all rows go to the trial's ``label_prior`` user
+    attribute, and its cross-fitted score is the trial's value."""
+    import numpy as np
+    import optuna
+
+    name, predictor = named
+    prior = prior_of(predictor)
+    logp, shares, scores = [], [], []
+    missing = 0
+    pruned = False
+    boundaries = set(steps)
+    try:
+        for i, example in enumerate(devset):
+            with dspy.context(usage_tracker=meter):
+                row = prior_rows(predictor, prior, task, example)
+            logp.append(row[0])
+            shares.append(row[1])
+            scores.append(row[2])
+            missing += row[3]
+            done = i + 1
+            if multi_objective or done not in boundaries:
+                continue
+            so_far = cross_fitted(np.asarray(logp), np.asarray(shares), np.asarray(scores))
+            if per_example:  # WilcoxonPruner compares trials example by example
+                for step in range(max((s for s in steps if s < done), default=0), done):
+                    trial.report(float(so_far[step]), step=step)
+            else:
+                trial.report(float(so_far.mean()), step=done)
+            if done < len(devset) and trial.should_prune():
+                pruned = True
+                break
+    except BudgetExhausted as exc:
+        logger.info("trial %d stopped: %s", trial.number, exc)
+        trial.set_user_attr("budget_exhausted", True)
+        trial.study.stop()
+        pruned = True
+    done = len(scores)
+    value = 0.0
+    if done:
+        arrays = np.asarray(logp), np.asarray(shares), np.asarray(scores)
+        value = float(cross_fitted(*arrays).mean())
+        if not pruned:
+            weight, bias, fitted_score = fit_prior(*arrays)
+            trial.set_user_attr("label_prior", {name: {"weight": weight, "bias": {
+                label: float(b) for label, b in zip(prior.choices, bias) if b}}})
+            trial.set_user_attr("label_prior_fit_score", fitted_score)
+    prompt_tokens = _record(trial, program, task, devset, meter, started, examples=done, failures=missing,
+                            errors=0, score=value)
+    if pruned:
+        raise optuna.TrialPruned()
+    return (value, prompt_tokens) if multi_objective else value
+
+
+def _record(trial: Any, program: dspy.Module, task: Any, devset: list, meter: Any, started: float, *,
+            examples: int, failures: int, errors: int, score: float) -> int:
+    """Write what a trial cost and scored so far to its user attributes; its prompt tokens."""
+    prompt_tokens = _prompt_tokens(program, task, devset[0])
+    trial.set_user_attr("lm_calls", meter.calls)
+    trial.set_user_attr("tokens", meter.tokens)
+    trial.set_user_attr("seconds", round(time.monotonic() - started, 3))
+    trial.set_user_attr("examples", examples)
+    trial.set_user_attr("failures", failures)
+    trial.set_user_attr("lm_errors", errors)
+    trial.set_user_attr("prompt_tokens", prompt_tokens)
+    trial.set_user_attr("score_so_far", score)
+    return prompt_tokens
 
 
 def _calibrate(program: dspy.Module, params: dict[str, Any], task: Any) -> dict[str, dict]:

@@ -1,0 +1,95 @@
+"""The search's label-prior move (autoprompt.optimizers.optuna._prior, autoprompt._vote_prior): the fit and its
+cross-fitted score (pure logic), and on the embedded model the trial that fits it, the program it stands for
+(whose greedy answers are the fitted rule's), the prompt file and the exports that carry it."""
+
+from __future__ import annotations
+
+import json
+
+import dspy
+import numpy as np
+import optuna
+import pytest
+
+import autoprompt
+from autoprompt._vote_prior import prior_of
+from autoprompt.export import export_prompt, prompt_document
+from autoprompt.optimizers.optuna._prior import PRIOR_WEIGHTS, cross_fitted, fit_prior, prior_rows
+
+
+def test_the_cross_fitted_score_is_honest_where_the_fit_is_optimistic():
+    fitted, honest = [], []
+    for seed in range(20):  # labels that nothing predicts: the fit finds patterns in noise, the cross-fit not
+        rng = np.random.default_rng(seed)
+        logp, shares = np.log(rng.dirichlet([1, 1], size=60)), rng.normal(size=(60, 2))
+        noise = np.eye(2)[rng.integers(0, 2, size=60)]
+        fitted.append(fit_prior(logp, shares, noise)[2])
+        honest.append(cross_fitted(logp, shares, noise).mean())
+    assert min(fitted) > 0.5 and np.mean(fitted) - np.mean(honest) > 0.08 and abs(np.mean(honest) - 0.5) < 0.06
+    # labels the prior predicts: the fit puts weight on it and the cross-fitted score stays high
+    truth = np.eye(2)[(shares[:, 1] > shares[:, 0]).astype(int)]
+    w, _, fitted = fit_prior(logp, shares, truth)
+    assert w == max(PRIOR_WEIGHTS) and fitted > 0.9 and cross_fitted(logp, shares, truth).mean() > 0.85
+
+
+def test_the_prior_is_not_offered_on_an_lm_without_token_ids(small_task, tmp_path):
+    """Pure logic, a stub LM (DSPy's DummyLM): no engine, so no prior in the pool and no trial samples it."""
+    from dspy.utils.dummies import DummyLM
+
+    stub = DummyLM([{"label": "positive"}] * 200, adapter=dspy.JSONAdapter())
+    result = autoprompt.optimize(small_task, lm=stub, run_dir=tmp_path / "run", dev_limit=3, progress=False,
+                                 optimizer="optuna", n_trials=2, n_instructions=0, n_demo_sets=1, max_demos=1,
+                                 minibatches=(3,), pruner="none", label_prior=True)
+    assert "label_prior" not in result.study.user_attrs["pool"]["predictors"]["self"]
+    assert all("self.prior" not in t.params for t in result.study.trials)
+
+
+def test_the_search_fits_the_prior_and_the_program_answers_by_the_fitted_rule(lm, small_task, tmp_path):
+    from autoprompt.optimizers.optuna import program_of_trial
+
+    result = autoprompt.optimize(small_task, run_dir=tmp_path / "run", dev_limit=8, progress=False,
+                                 optimizer="optuna", n_trials=3, n_instructions=0, n_demo_sets=2, max_demos=2,
+                                 minibatches=(4,), pruner="none", label_prior=True)
+    pool = result.study.user_attrs["pool"]["predictors"]["self"]
+    engine = autoprompt._calibration.local_engine(lm)
+    assert pool["label_prior"] == {"choices": ["positive", "negative"],
+                                   "token_ids": engine.first_tokens(["positive", "negative"])}
+    trials = result.study.trials
+    # trial 0: the warm start (retrieved demos, no prior); trial 1: 2 fixed labelled demos and the prior
+    assert trials[0].params["self.prior"] is False and trials[0].params["self.retrieve"] is True
+    prior_trial = trials[1]
+    assert prior_trial.state == optuna.trial.TrialState.COMPLETE
+    assert prior_trial.params == {"self.instruction": 0, "self.prior": True, "self.n_demos": 2,
+                                  "self.retrieve": False, "self.demo_set": 0}
+    fitted = prior_trial.user_attrs["label_prior"]["self"]
+    assert fitted["weight"] in PRIOR_WEIGHTS and set(fitted["bias"]) <= {"negative"}
+    assert prior_trial.user_attrs["examples"] == 8 and prior_trial.user_attrs["lm_calls"] <= 8
+
+    program, _ = program_of_trial(result.study, small_task, prior_trial.number)
+    (predictor,) = program.predictors()
+    prior = prior_of(predictor)
+    assert prior.weight == fitted["weight"] and prior.bias == fitted["bias"] and prior.k == 64
+    # the program's greedy answers are the fitted rule's: argmax(log p + weight * log share + bias)
+    rows = list(small_task.examples("dev"))[:8]
+    with dspy.context(lm=lm, adapter=autoprompt.CompactJSONAdapter()):
+        answered = [predictor(text=ex.text).label for ex in rows]
+        arithmetic = []
+        for ex in rows:
+            logp, shares, _, _ = prior_rows(predictor, prior, small_task, ex)
+            bias = np.asarray([prior.bias.get(c, 0.0) for c in prior.choices])
+            arithmetic.append(prior.choices[int(np.argmax(logp + prior.weight * shares + bias))])
+    assert answered == arithmetic
+    assert prior_trial.value == pytest.approx(prior_trial.user_attrs["score_so_far"])
+
+    # the prompt file carries the prior (format_version 4) and loads back to the same per-call bias
+    document = prompt_document(program, task=small_task)
+    assert document["format_version"] == 4
+    spec = document["predictors"][0]["label_prior"]
+    assert spec["weight"] == fitted["weight"] and spec["k"] == 64 and len(spec["pool"]) == 40
+    reloaded = prior_of(autoprompt.load_prompt(json.loads(json.dumps(document)), small_task).predictors()[0])
+    assert all(reloaded({"text": ex.text}) == prior({"text": ex.text}) for ex in rows)
+    entry = json.loads(export_prompt(document, tmp_path / "m.json", format="messages").read_text())["predictors"][0]
+    assert entry["logit_bias_per_input"]["token_ids"] == pool["label_prior"]["token_ids"]
+    assert "ln((n_l + 0.5)" in entry["logit_bias_per_input"]["rule"]
+    text = export_prompt(document, tmp_path / "p.txt", format="text").read_text()
+    assert "prior from its 64 nearest labelled examples" in text
