@@ -11,14 +11,8 @@ import dspy
 import pytest
 
 from autoprompt._vote_prior import LabelPrior, attach_prior, detach_prior, prior_of
+from tests.test_retrieval import POOL
 
-POOL = [
-    {"text": "a gripping and moving film", "label": "positive"},
-    {"text": "a dull , lifeless film", "label": "negative"},
-    {"text": "the acting is wooden and dull", "label": "negative"},
-    {"text": "moving , funny and wise", "label": "positive"},
-    {"text": "rain all day", "label": "negative"},
-]
 CHOICES, IDS = ["positive", "negative"], [101, 202]
 
 

@@ -222,10 +222,7 @@ def run_trial(trial: Any, task: Any, pool: dict, devset: list, steps: list[int],
                     pruned = True
                     break
     except BudgetExhausted as exc:
-        logger.info("trial %d stopped: %s", trial.number, exc)
-        trial.set_user_attr("budget_exhausted", True)
-        trial.study.stop()
-        pruned = True
+        pruned = _budget_spent(trial, exc)
     prompt_tokens = _record(trial, program, task, devset, meter, started, examples=done, failures=failures,
                             errors=errors, score=total / done if done else 0.0)
     if errors >= MAX_LEADING_ERRORS and errors > MAX_ERROR_SHARE * done:
@@ -273,10 +270,7 @@ def _run_prior_trial(trial: Any, task: Any, program: dspy.Module, named: tuple[s
                 pruned = True
                 break
     except BudgetExhausted as exc:
-        logger.info("trial %d stopped: %s", trial.number, exc)
-        trial.set_user_attr("budget_exhausted", True)
-        trial.study.stop()
-        pruned = True
+        pruned = _budget_spent(trial, exc)
     done = len(scores)
     value = 0.0
     if done:
@@ -292,6 +286,14 @@ def _run_prior_trial(trial: Any, task: Any, program: dspy.Module, named: tuple[s
     if pruned:
         raise optuna.TrialPruned()
     return (value, prompt_tokens) if multi_objective else value
+
+
+def _budget_spent(trial: Any, exc: BudgetExhausted) -> bool:
+    """A trial the budget stopped: logged, marked, and the study told to stop (its score so far kept)."""
+    logger.info("trial %d stopped: %s", trial.number, exc)
+    trial.set_user_attr("budget_exhausted", True)
+    trial.study.stop()
+    return True
 
 
 def _record(trial: Any, program: dspy.Module, task: Any, devset: list, meter: Any, started: float, *,
