@@ -267,6 +267,28 @@ def _targets(task: str, cells: list[dict[str, Any]]) -> list[str]:
         score = 100 * mean(group, "test")
         out.append(f"- autoprompt's search at budget {top}: {score:.1f}% test (target >= 78%: "
                    f"{'met' if score >= 78 else 'NOT met'}; seeds {sorted(c['seed'] for c in group)})")
+    for budget in sorted({c["calls"] for c in cells if c["optimizer"] == "optuna-prior"}):
+        group = [c for c in cells if c["optimizer"] == "optuna-prior" and c["calls"] == budget]
+        score = 100 * mean(group, "test")
+        line = (f"- the search with the label prior (`label_prior=True`, not yet the default) at budget {budget}: "
+                f"{score:.1f}% test, seeds {sorted(c['seed'] for c in group)}")
+        if task == "sentiment":
+            line += f" (target >= 78%: {'met' if score >= 78 else 'NOT met'})"
+        ref = [c for c in cells if c["optimizer"] in DSPY_SIDES and mean(group, "lm_calls") <= c["lm_calls"] / 2]
+        if ref:
+            calls = max(c["calls"] for c in ref)
+            sides = {c["optimizer"] for c in ref if c["calls"] == calls}
+            best = max(sides, key=lambda o: mean([c for c in ref if c["optimizer"] == o and c["calls"] == calls], "test"))
+            seeds = {c["seed"] for c in group}
+            theirs = [c for c in ref if c["optimizer"] == best and c["calls"] == calls and c["seed"] in seeds]
+            if not theirs:
+                out.append(line)
+                continue
+            delta = score - 100 * mean(theirs, "test")
+            line += (f"; against the best DSPy optimizer at {calls} calls ({LABELS[best]}, on the same seeds "
+                     f"{100 * mean(theirs, 'test'):.1f}%): {delta:+.1f} points (target >= +5: "
+                     f"{'met' if delta >= 5 else 'NOT met'})")
+        out.append(line)
     return [*out, ""] if len(out) > 2 else []
 
 
