@@ -58,8 +58,8 @@ class OptunaSearch(BaseOptimizer):
             search, scored 78.7-80.7% test over three demo seeds, 3-5 points above the neighbours' vote
             (``benchmarks/results/vote_prior.md``). Only a one-predictor program whose only output is the
             task's label, labels with distinct first tokens, the embedded engine. Default off: at 600 calls
-            the search with it scored 79.1% SST-2 test on seed 0 and 70.4 on seed 1, where its prior trial lost
-            to the warm start (``benchmarks/results/optimizers.md``; the default search 70.4 on both).
+            the search with it scored 79.1, 70.4 and 78.7% SST-2 test on seeds 0-2 (on seed 1 its prior trial
+            lost to the warm start; ``benchmarks/results/optimizers.md``; the default search 70.4 on each).
         demo_order: the order of the per-input demos: ``"similarity"`` (the nearest next to the input),
             ``"vote"`` (grouped by label, the label most of them carry next to the input:
             :class:`autoprompt._retrieval.Retriever`) or ``"search"`` (the default: a parameter,
