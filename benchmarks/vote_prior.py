@@ -152,13 +152,6 @@ def run_programs(prompts: list[str]) -> None:
         if not path.exists():
             continue
         cell = json.loads(path.read_text())
-        half = {"dev": slice(0, 100), "test": slice(None)}  # the search's max_dev: fewer rows to fit on
-        line(cell["prompt"], "the LM + the vote, fitted on the first 100 dev rows only",
-             fit({s: odds[s][half[s]] for s in odds}, {s: {k: v[half[s]] for k, v in vote[s].items()} for s in vote},
-                 {s: gold[s][half[s]] for s in gold}, weights=WEIGHTS, biases=BIASES, ks=KS), code)
-        unlabelled = -float(np.median(odds["dev"]))  # batch calibration: the dev inputs' median, labels unused
-        line(cell["prompt"], "the LM + the 64-vote, w = 1, c = minus the median dev log-odds (no labels)",
-             fit(odds, vote, gold, weights=(1.0,), biases=(round(unlabelled, 2),), ks=(64,)), code)
         if "program" in cell:
             logger.info("%s: program run done, skipped", path.relative_to(HERE))
             continue
