@@ -79,12 +79,16 @@ class LabelPrior:
         labels = [str(d[self.label_field]) for d in self.retriever(inputs)]
         return {label: labels.count(label) for label in self.choices}
 
-    def __call__(self, inputs: dict[str, Any]) -> dict[str, float]:
-        """The ``logit_bias`` (token id as a string -> added logit) for a call with ``inputs``."""
+    def log_shares(self, inputs: dict[str, Any]) -> list[float]:
+        """``ln((n_l + 0.5) / (k' + 0.5 L))`` per label of ``choices`` (``k'`` the neighbours counted)."""
         counts = self.counts(inputs)
         total = sum(counts.values())
-        raw = [self.weight * math.log((counts[label] + 0.5) / (total + 0.5 * len(self.choices)))
-               + self.bias.get(label, 0.0) for label in self.choices]
+        return [math.log((counts[label] + 0.5) / (total + 0.5 * len(self.choices))) for label in self.choices]
+
+    def __call__(self, inputs: dict[str, Any]) -> dict[str, float]:
+        """The ``logit_bias`` (token id as a string -> added logit) for a call with ``inputs``."""
+        raw = [self.weight * share + self.bias.get(label, 0.0)
+               for label, share in zip(self.choices, self.log_shares(inputs))]
         centre = sum(raw) / len(raw)
         return {str(t): round(max(-MAX_BIAS, min(MAX_BIAS, r - centre)), 4) for t, r in zip(self.token_ids, raw)}
 

@@ -19,7 +19,7 @@ the rows either of the LM and the vote gets right (an oracle, not a method). Bin
 Prompts: ``zero-shot``; ``labeled-4-s<seed>`` (4 fixed, label-balanced train demos, seeds 0-2, as in
 ``search_moves.py``); ``retrieved-8-vote`` (the search's warm start). Each prompt is a cell written when it
 finishes; a rerun skips it. Then, per cell, the rule fitted on dev is run as a program on the test rows
-(``VotePrior``, written into the cell; skipped when done). LM cache off; about 40 minutes in all here:
+(``with_rule``, written into the cell; skipped when done). LM cache off; about 40 minutes in all here:
 
     .venv/bin/python benchmarks/vote_prior.py
     .venv/bin/python benchmarks/vote_prior.py --report
@@ -47,7 +47,8 @@ sys.path.insert(0, str(ROOT))
 import dspy  # noqa: E402
 
 import autoprompt  # noqa: E402
-from autoprompt._retrieval import BM25, Retriever, field_tokens  # noqa: E402
+from autoprompt._retrieval import Retriever  # noqa: E402
+from autoprompt._vote_prior import LabelPrior, attach_prior  # noqa: E402
 from autoprompt.decision._stats import bootstrap_ci, paired_test  # noqa: E402
 from autoprompt.store import atomic_write, dump_json  # noqa: E402
 from _common import code_version, write_markdown  # noqa: E402
@@ -113,32 +114,22 @@ def run(prompts: list[str]) -> None:
         logger.info("%s: %d rows in %.0f s", path.relative_to(HERE), sum(cell["rows"].values()), seconds)
 
 
-class VotePrior(dspy.Module):
-    """A one-predictor program with the rule as a per-call ``logit_bias``: ``c + w * log((n1 + 0.5) / (n2 +
-    0.5))`` over the k BM25-nearest pool examples (:class:`autoprompt._retrieval.Retriever`: the same index and
-    exclusion as :func:`vote_log_odds`), split evenly between the two labels' first tokens, added at each call.
-    The answer is the program's own greedy, grammar-constrained one, parsed as in any evaluation."""
-
-    def __init__(self, program: dspy.Module, pool: list[dict], fields: list[str], label_field: str,
-                 choices: list[str], token_ids: list[int], *, k: int, w: float, c: float) -> None:
-        super().__init__()
-        (_, self.predictor), = program.named_predictors()
-        self.retriever = Retriever(pool, fields, k)
-        self.label_field, self.first, self.ids = label_field, choices[0], token_ids
-        self.w, self.c = w, c
-
-    def forward(self, **inputs: Any) -> Any:
-        labels = [str(d[self.label_field]) for d in self.retriever(inputs)]
-        n = labels.count(self.first)
-        odds = self.c + self.w * math.log((n + 0.5) / (len(labels) - n + 0.5))
-        half = max(-50.0, min(50.0, odds / 2))  # OpenAI's logit_bias range is [-100, 100]
-        return self.predictor(**inputs, config={"logit_bias": {str(self.ids[0]): round(half, 4),
-                                                               str(self.ids[1]): round(-half, 4)}})
+def with_rule(program: dspy.Module, pool: list[dict], task: Any, token_ids: list[int], *, k: int, w: float,
+              c: float) -> dspy.Module:
+    """``program`` (one predictor) with the rule as a per-call ``logit_bias``: the library's label prior
+    (:class:`autoprompt._vote_prior.LabelPrior`, the search's move) with weight ``w`` and bias ``c`` on the first
+    choice, whose two labels then differ by ``c + w * log((n1 + 0.5) / (n2 + 0.5))``. The answer is the
+    program's own greedy, grammar-constrained one, parsed as in any evaluation."""
+    (_, predictor), = program.named_predictors()
+    choices = [str(ch) for ch in task.choices]
+    attach_prior(predictor, LabelPrior(pool, task.input_fields, task.label_field, choices, token_ids, k=k, weight=w,
+                                       bias={choices[0]: c}))
+    return program
 
 
 def run_programs(prompts: list[str]) -> None:
     """For each finished cell of ``prompts``: the rule fitted on its dev rows (:func:`fit`), run as a program
-    (:class:`VotePrior`) on the test rows through DSPy and the engine; written into the cell."""
+    (:func:`with_rule`) on the test rows through DSPy and the engine; written into the cell."""
     from autoprompt._calibration import local_engine
     from autoprompt.evaluate import evaluate_program
 
@@ -160,8 +151,8 @@ def run_programs(prompts: list[str]) -> None:
         started = time.monotonic()
         with dspy.context(lm=lm, adapter=autoprompt.CompactJSONAdapter()):
             ids = local_engine().first_tokens([str(c) for c in task.choices])
-            program = VotePrior(program_for(task, move, int(seed or 0)), pool, task.input_fields, task.label_field,
-                                [str(c) for c in task.choices], ids, k=rule["k"], w=rule["w"], c=rule["c"])
+            program = with_rule(program_for(task, move, int(seed or 0)), pool, task, ids, k=rule["k"], w=rule["w"],
+                                c=rule["c"])
             evaluation = evaluate_program(program, task, "test", limit=LIMITS["test"], progress=False)
         scores = [r["score"] for r in evaluation.records]
         cell["program"] = {"k": rule["k"], "w": rule["w"], "c": rule["c"], "test_scores": scores,
@@ -189,19 +180,15 @@ def vote_log_odds(task: Any, splits: dict[str, list[dict]]) -> dict[str, dict[in
     """Per split and k: ``log((n_first + 0.5) / (n_second + 0.5))`` over the k BM25-nearest train examples
     (the search's index and tokens; an example whose inputs equal the row's skipped, nearest first)."""
     pool = [dict(ex) for ex in task.examples("train")]
-    fields, label = task.input_fields, task.label_field
     first = str(task.choices[0])
-    index = BM25([field_tokens(ex, fields) for ex in pool])
-    keys = [tuple(str(ex[f]) for f in fields) for ex in pool]
+    retriever = Retriever(pool, task.input_fields, max(KS))
     out: dict[str, dict[int, np.ndarray]] = {}
     for split, examples in splits.items():
         odds = {k: [] for k in KS}
         for ex in examples:
-            key = tuple(str(ex[f]) for f in fields)
-            s = index.scores(field_tokens(ex, fields))
-            near = [int(i) for i in np.argsort(-s, kind="stable")[:max(KS) + 8] if keys[i] != key][:max(KS)]
+            near = [str(d[task.label_field]) for d in reversed(retriever(dict(ex)))]  # nearest first
             for k in KS:
-                n = sum(1 for i in near[:k] if str(pool[i][label]) == first)
+                n = near[:k].count(first)
                 odds[k].append(math.log((n + 0.5) / (k - n + 0.5)))
         out[split] = {k: np.asarray(v) for k, v in odds.items()}
     return out
@@ -320,8 +307,9 @@ def report() -> str:
              f"the k BM25-nearest train examples; k in {list(KS)}, w in {list(WEIGHTS)}, c in [-6, 6] by 0.25, chosen "
              "on dev (ties: smaller w, |c|, k); the vote alone answers the second choice on a tie. Test: mean and 95% percentile-bootstrap interval; "
              "against the vote of the same k alone on the same rows: the difference and the exact McNemar p. The "
-             "program rows run the fitted rule through DSPy and the engine (VotePrior: the logit_bias split between "
-             "the two labels' first tokens, the answer parsed as in any evaluation). The 'no labels' rows set c "
+             "program rows run the fitted rule through DSPy and the engine (with_rule: the search's label prior, "
+             "its logit_bias split between the two labels' first tokens, the answer parsed as in any evaluation; the "
+             "cells at 1e51236 ran a class of this script's own that sent the same biases). The 'no labels' rows set c "
              "without the dev labels (batch calibration: the prompt's answers centred on the dev inputs). The oracle "
              "row is not a method: the rows either side gets right.")
     text = write_markdown(OUT, "The LM and its neighbours' vote, combined", notes,

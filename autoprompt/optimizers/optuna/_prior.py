@@ -51,9 +51,7 @@ def prior_rows(predictor: dspy.Predict, prior: LabelPrior, task: Any, example: A
     dist = label_distribution(predictor, inputs, field=task.label_field, token_ids=prior.token_ids)
     n = len(prior.choices)
     logp = np.log(np.maximum(np.asarray(dist, dtype=float), 1e-12)) if dist is not None else np.full(n, -math.log(n))
-    counts = prior.counts(inputs)
-    total = sum(counts.values())
-    shares = np.asarray([math.log((counts[c] + 0.5) / (total + 0.5 * n)) for c in prior.choices])
+    shares = np.asarray(prior.log_shares(inputs))
     scores = np.asarray([float(task.score(example, dspy.Prediction(**{task.label_field: c})))
                          for c in prior.choices])
     return logp, shares, scores, dist is None
