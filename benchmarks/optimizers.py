@@ -60,24 +60,34 @@ RUNS = HERE / "runs" / "optimizers"
 logger = logging.getLogger("benchmarks.optimizers")
 
 #: optimizer names of the benchmark -> autoprompt optimizer names (None: the zero-shot program, no search)
-OPTIMIZERS: dict[str, str | None] = {"optuna": "optuna", "optuna-no-warm-start": "optuna",
-                                     "optuna-fixed-demos": "optuna", "optuna-bare": "optuna",
-                                     "optuna-4-similarity": "optuna", "optuna-prior": "optuna",
+OPTIMIZERS: dict[str, str | None] = {"optuna": "optuna", "optuna-no-prior": "optuna",
+                                     "optuna-no-warm-start": "optuna", "optuna-fixed-demos": "optuna",
+                                     "optuna-bare": "optuna", "optuna-4-similarity": "optuna",
                                      "mipro": "mipro", "gepa": "gepa", "simba": "simba", "bfrs": "random-search",
                                      "bootstrap": "bootstrap", "zero-shot": None}
-#: options of a side beyond the optimizer's defaults (the ablations of the search's moves)
-OPTIONS: dict[str, dict[str, Any]] = {"optuna-no-warm-start": {"warm_start": False},
-                                      "optuna-fixed-demos": {"retrieved_demos": False},
-                                      "optuna-bare": {"retrieved_demos": False, "calibrate": False},
-                                      "optuna-4-similarity": {"demo_order": "similarity", "max_demos": 4},
-                                      "optuna-prior": {"label_prior": True}}
-LABELS = {"optuna": "autoprompt (Optuna search)", "optuna-no-warm-start": "autoprompt without the warm start",
+#: options of a side beyond the optimizer's defaults (the ablations of the search's moves; they were measured
+#: before the label prior was on by default, hence label_prior=False for each)
+OPTIONS: dict[str, dict[str, Any]] = {"optuna-no-prior": {"label_prior": False},
+                                      "optuna-no-warm-start": {"warm_start": False, "label_prior": False},
+                                      "optuna-fixed-demos": {"retrieved_demos": False, "label_prior": False},
+                                      "optuna-bare": {"retrieved_demos": False, "calibrate": False,
+                                                      "label_prior": False},
+                                      "optuna-4-similarity": {"demo_order": "similarity", "max_demos": 4,
+                                                              "label_prior": False}}
+#: sides whose cells stay in the table but that the current code no longer runs (a rerun of the same options
+#: measures the code of today under another name)
+HISTORICAL: dict[str, str] = {
+    "optuna-prior-v1": "autoprompt with the label prior as first built (ba28947: prior trials read all 200 dev rows, "
+                       "two-fold cross-fit; off by default then)",
+}
+LABELS = {"optuna": "autoprompt (Optuna search)", "optuna-no-prior": "autoprompt without the label prior (label_prior=False)",
+          "optuna-no-warm-start": "autoprompt without the warm start",
           "optuna-fixed-demos": "autoprompt without per-input demos",
           "optuna-bare": "autoprompt without per-input demos and calibration",
           "optuna-4-similarity": "autoprompt before vote-ordered demos (at most 4, by similarity)",
-          "optuna-prior": "autoprompt with the neighbours' label prior (label_prior=True)",
           "mipro": "MIPROv2", "gepa": "GEPA", "simba": "SIMBA",
-          "bfrs": "BootstrapFewShotWithRandomSearch", "bootstrap": "BootstrapFewShot", "zero-shot": "zero-shot"}
+          "bfrs": "BootstrapFewShotWithRandomSearch", "bootstrap": "BootstrapFewShot", "zero-shot": "zero-shot",
+          **HISTORICAL}
 #: limits: a seeded label-stratified sample of N rows (None = the whole split); the same for every cell
 SETTINGS: dict[str, dict[str, Any]] = {
     "sentiment": {"train_limit": None, "dev_limit": 200, "test_limit": None},
@@ -197,7 +207,7 @@ def report() -> str:
                       f"{s['test_limit']} ({mine[0]['test_n']} rows).", "",
                       "| optimizer | seeds | test % mean | test % per seed [95% CI] | dev % mean | calls mean | "
                       "optimize min mean |", "|---|---:|---:|---|---:|---:|---:|"]
-            order = [o for o in OPTIMIZERS if any(c["optimizer"] == o for c in mine)]
+            order = [o for o in [*OPTIMIZERS, *HISTORICAL] if any(c["optimizer"] == o for c in mine)]
             for opt in sorted(order, key=lambda o: -statistics.mean(c["test"] for c in mine if c["optimizer"] == o)):
                 group = sorted((c for c in mine if c["optimizer"] == opt), key=lambda c: c["seed"])
                 per = ", ".join(f"s{c['seed']} {100 * c['test']:.1f} [{100 * c['test_interval'][0]:.1f}, "
@@ -236,59 +246,42 @@ def _targets(task: str, cells: list[dict[str, Any]]) -> list[str]:
         best = max(by_side, key=lambda o: mean(by_side[o], "test"))
         ref = by_side[best]
         half = mean(ref, "lm_calls") / 2
-        ours_budgets = sorted({c["calls"] for c in cells if c["optimizer"] == "optuna"
-                               and c["calls"] <= calls}, reverse=True)
-        chosen = None
-        for budget in ours_budgets:
-            group = [c for c in cells if c["optimizer"] == "optuna" and c["calls"] == budget]
-            if mean(group, "lm_calls") <= half:
-                chosen = group
-                break
-        line = (f"- budget {calls}: best DSPy optimizer {LABELS[best]}, test {100 * mean(ref, 'test'):.1f}% "
-                f"(seeds {sorted(c['seed'] for c in ref)}, {mean(ref, 'lm_calls'):.0f} calls); ")
-        if chosen is None:
-            line += f"no autoprompt run within half its calls ({half:.0f}) yet (run `--calls {int(half)} --optimizers optuna`)"
-        else:
-            seeds = sorted({c["seed"] for c in chosen} & {c["seed"] for c in ref})
-            ours = [c for c in chosen if c["seed"] in seeds]
-            theirs = [c for c in ref if c["seed"] in seeds]
-            if not seeds:
-                line += "no seed in common with autoprompt's run yet"
+        head = (f"- budget {calls}: best DSPy optimizer {LABELS[best]}, test {100 * mean(ref, 'test'):.1f}% "
+                f"(seeds {sorted(c['seed'] for c in ref)}, {mean(ref, 'lm_calls'):.0f} calls)")
+        for side in ("optuna", "optuna-no-prior"):
+            ours_budgets = sorted({c["calls"] for c in cells if c["optimizer"] == side and c["calls"] <= calls},
+                                  reverse=True)
+            chosen = None
+            for budget in ours_budgets:
+                group = [c for c in cells if c["optimizer"] == side and c["calls"] == budget]
+                if mean(group, "lm_calls") <= half:
+                    chosen = group
+                    break
+            line = f"{head}; {LABELS[side]}: "
+            if chosen is None:
+                line += f"no run within half its calls ({half:.0f}) yet (run `--calls {int(half)} --optimizers {side}`)"
             else:
-                delta = 100 * (mean(ours, "test") - mean(theirs, "test"))
-                line += (f"autoprompt at budget {chosen[0]['calls']} ({mean(ours, 'lm_calls'):.0f} calls) on seeds "
-                         f"{seeds}: {100 * mean(ours, 'test'):.1f}% against {100 * mean(theirs, 'test'):.1f}%, "
-                         f"{delta:+.1f} points (target >= +5: {'met' if delta >= 5 else 'NOT met'})")
-        out.append(line)
-    ours_all = [c for c in cells if c["optimizer"] == "optuna"]
-    if task == "sentiment" and ours_all:
-        top = max({c["calls"] for c in ours_all})
-        group = [c for c in ours_all if c["calls"] == top]
-        score = 100 * mean(group, "test")
-        out.append(f"- autoprompt's search at budget {top}: {score:.1f}% test (target >= 78%: "
-                   f"{'met' if score >= 78 else 'NOT met'}; seeds {sorted(c['seed'] for c in group)})")
-    for budget in sorted({c["calls"] for c in cells if c["optimizer"] == "optuna-prior"}):
-        group = [c for c in cells if c["optimizer"] == "optuna-prior" and c["calls"] == budget]
-        score = 100 * mean(group, "test")
-        line = (f"- the search with the label prior (`label_prior=True`, not yet the default) at budget {budget}: "
-                f"{score:.1f}% test, seeds {sorted(c['seed'] for c in group)}")
-        if task == "sentiment":
-            line += f" (target >= 78%: {'met' if score >= 78 else 'NOT met'})"
-        ref = [c for c in cells if c["optimizer"] in DSPY_SIDES and mean(group, "lm_calls") <= c["lm_calls"] / 2]
-        if ref:
-            calls = max(c["calls"] for c in ref)
-            sides = {c["optimizer"] for c in ref if c["calls"] == calls}
-            best = max(sides, key=lambda o: mean([c for c in ref if c["optimizer"] == o and c["calls"] == calls], "test"))
-            seeds = {c["seed"] for c in group}
-            theirs = [c for c in ref if c["optimizer"] == best and c["calls"] == calls and c["seed"] in seeds]
-            if not theirs:
-                out.append(line)
-                continue
-            delta = score - 100 * mean(theirs, "test")
-            line += (f"; against the best DSPy optimizer at {calls} calls ({LABELS[best]}, on the same seeds "
-                     f"{100 * mean(theirs, 'test'):.1f}%): {delta:+.1f} points (target >= +5: "
-                     f"{'met' if delta >= 5 else 'NOT met'})")
-        out.append(line)
+                seeds = sorted({c["seed"] for c in chosen} & {c["seed"] for c in ref})
+                ours = [c for c in chosen if c["seed"] in seeds]
+                theirs = [c for c in ref if c["seed"] in seeds]
+                if not seeds:
+                    line += "no seed in common yet"
+                else:
+                    delta = 100 * (mean(ours, "test") - mean(theirs, "test"))
+                    line += (f"at budget {chosen[0]['calls']} ({mean(ours, 'lm_calls'):.0f} calls) on seeds "
+                             f"{seeds}: {100 * mean(ours, 'test'):.1f}% against {100 * mean(theirs, 'test'):.1f}%, "
+                             f"{delta:+.1f} points (target >= +5: {'met' if delta >= 5 else 'NOT met'})")
+            out.append(line)
+    for side in ("optuna", "optuna-no-prior"):
+        ours_all = [c for c in cells if c["optimizer"] == side]
+        if task != "sentiment" or not ours_all:
+            continue
+        for budget in sorted({c["calls"] for c in ours_all}):
+            group = [c for c in ours_all if c["calls"] == budget]
+            score = 100 * mean(group, "test")
+            per = ", ".join(f"{100 * c['test']:.1f}" for c in sorted(group, key=lambda c: c["seed"]))
+            out.append(f"- {LABELS[side]} at budget {budget}: {score:.1f}% test (seeds {sorted(c['seed'] for c in group)}: "
+                       f"{per}; target >= 78%: {'met' if score >= 78 else 'NOT met'})")
     return [*out, ""] if len(out) > 2 else []
 
 
@@ -308,8 +301,9 @@ def _plot(cells: list[dict[str, Any]]) -> None:
     for row, task in enumerate(tasks):
         for col in range(len(budgets[task]), ncols):
             axes[row][col].set_visible(False)
-    colors = {o: f"C{i % 10}" for i, o in enumerate(OPTIMIZERS)}  # past ten sides: the colours again, dashed
-    styles = {o: "-" if i < 10 else "--" for i, o in enumerate(OPTIMIZERS)}
+    sides = [*OPTIMIZERS, *HISTORICAL]
+    colors = {o: f"C{i % 10}" for i, o in enumerate(sides)}  # past ten sides: the colours again, dashed
+    styles = {o: "-" if i < 10 else "--" for i, o in enumerate(sides)}
     for task, calls in panels:
         ax = axes[tasks.index(task)][budgets[task].index(calls)]
         labelled: set[str] = set()  # one legend entry per side in this panel

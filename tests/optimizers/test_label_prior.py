@@ -32,6 +32,20 @@ def test_the_cross_fitted_score_is_honest_where_the_fit_is_optimistic():
     assert w == max(PRIOR_WEIGHTS) and fitted > 0.9 and cross_fitted(logp, shares, truth).mean() > 0.85
 
 
+def test_a_rows_cross_fitted_answer_never_sees_its_own_label():
+    rng = np.random.default_rng(0)
+    logp, shares = np.log(rng.dirichlet([1, 1], size=40)), rng.normal(size=(40, 2))
+    gold = np.eye(2)[rng.integers(0, 2, size=40)]
+    before = cross_fitted(logp, shares, gold)
+    for row in (0, 7, 39):  # flip one row's gold label: its answer (hence its score flips with it) and the
+        flipped = gold.copy()  # answers of the rows in its fold (fitted on the same other folds) stay
+        flipped[row] = 1 - flipped[row]
+        after = cross_fitted(logp, shares, flipped)
+        fold = np.arange(40) % 10 == row % 10
+        assert after[row] == 1 - before[row]
+        assert np.array_equal(after[fold & (np.arange(40) != row)], before[fold & (np.arange(40) != row)])
+
+
 def test_the_prior_is_not_offered_on_an_lm_without_token_ids(small_task, tmp_path):
     """Pure logic, a stub LM (DSPy's DummyLM): no engine, so no prior in the pool and no trial samples it."""
     from dspy.utils.dummies import DummyLM
@@ -49,7 +63,7 @@ def test_the_search_fits_the_prior_and_the_program_answers_by_the_fitted_rule(lm
 
     result = autoprompt.optimize(small_task, run_dir=tmp_path / "run", dev_limit=8, progress=False,
                                  optimizer="optuna", n_trials=3, n_instructions=0, n_demo_sets=2, max_demos=2,
-                                 minibatches=(4,), pruner="none", label_prior=True)
+                                 minibatches=(4,), max_dev=6, pruner="none")  # label_prior: on by default
     pool = result.study.user_attrs["pool"]["predictors"]["self"]
     engine = autoprompt._calibration.local_engine(lm)
     assert pool["label_prior"] == {"choices": ["positive", "negative"],
@@ -63,7 +77,9 @@ def test_the_search_fits_the_prior_and_the_program_answers_by_the_fitted_rule(lm
                                   "self.retrieve": False, "self.demo_set": 0}
     fitted = prior_trial.user_attrs["label_prior"]["self"]
     assert fitted["weight"] in PRIOR_WEIGHTS and set(fitted["bias"]) <= {"negative"}
-    assert prior_trial.user_attrs["examples"] == 8 and prior_trial.user_attrs["lm_calls"] <= 8
+    # it read the rows every trial reads (max_dev of the 8), one call each
+    assert prior_trial.user_attrs["examples"] == trials[0].user_attrs["examples"] == 6
+    assert prior_trial.user_attrs["lm_calls"] <= 6
 
     program, _ = program_of_trial(result.study, small_task, prior_trial.number)
     (predictor,) = program.predictors()

@@ -9,9 +9,9 @@
    (and ``temperature``, and the task's own ``search_space``) and is scored on growing minibatches of
    the dev split, reporting each as an intermediate value so that the pruner stops weak candidates.
    A new study's first trial is enqueued: per-input demos ordered by vote under the task's own instruction.
-   With ``label_prior``, ``<predictor>.prior`` too: such a trial fits the neighbours' label prior on the
-   label probabilities of its dev rows and reports a cross-fitted score (``_prior``); a second trial is
-   enqueued: 4 fixed labelled demos and the prior.
+   With ``label_prior`` (on by default, where the pool can offer it), ``<predictor>.prior`` too: such a trial
+   fits the neighbours' label prior on the label probabilities of its dev rows and reports a cross-fitted
+   score (``_prior``); a second trial is enqueued: 4 fixed labelled demos and the prior.
 3. The study lives in a storage URL (SQLite in the run directory by default), so a killed run
    resumes with every finished trial, and several workers can share it.
 

@@ -51,15 +51,15 @@ class OptunaSearch(BaseOptimizer):
         label_prior: also search the neighbours' label prior (parameter ``<predictor>.prior``): a trial that
             takes it adds, at each call, the log share of each label among the input's 64 BM25-nearest train
             examples (times a weight) and a bias to the label's logit (a per-call ``logit_bias``,
-            :mod:`autoprompt._vote_prior`); it fits the weight and the bias on the label probabilities of the
-            search's whole dev split (one call per row) and is scored cross-fitted
+            :mod:`autoprompt._vote_prior`); it fits the weight and the bias on the label probabilities of its
+            dev rows (the rows every trial reads, one call each) and is scored cross-fitted over 10 folds
             (:mod:`autoprompt.optimizers.optuna._prior`). With it the warm start is followed by a second
             enqueued trial: 4 fixed, label-balanced demos and the prior. On SST-2 that rule, fitted outside the
             search, scored 78.7-80.7% test over three demo seeds, 3-5 points above the neighbours' vote
-            (``benchmarks/results/vote_prior.md``). Only a one-predictor program whose only output is the
-            task's label, labels with distinct first tokens, the embedded engine. Default off: at 600 calls
-            the search with it scored 79.1, 70.4 and 78.7% SST-2 test on seeds 0-2 (on seed 1 its prior trial
-            lost to the warm start; ``benchmarks/results/optimizers.md``; the default search 70.4 on each).
+            (``benchmarks/results/vote_prior.md``). Offered only to a one-predictor program whose only output
+            is the task's label, labels with distinct first tokens, the embedded engine (else logged and not
+            searched: e.g. Banking77, whose labels share first tokens). On by default; the measured effect on
+            the search is in ``benchmarks/results/optimizers.md`` (README, *Measured results*).
         demo_order: the order of the per-input demos: ``"similarity"`` (the nearest next to the input),
             ``"vote"`` (grouped by label, the label most of them carry next to the input:
             :class:`autoprompt._retrieval.Retriever`) or ``"search"`` (the default: a parameter,
@@ -102,7 +102,7 @@ class OptunaSearch(BaseOptimizer):
         n_templates: int = 0,
         retrieved_demos: bool = True,
         calibrate: bool = True,
-        label_prior: bool = False,
+        label_prior: bool = True,
         demo_order: str = "search",
         warm_start: bool = True,
         minibatches: tuple[int, ...] = (20, 50),
@@ -240,7 +240,7 @@ class OptunaSearch(BaseOptimizer):
             with dspy.context(**settings):
                 return run_trial(trial, task, pool, devset, steps, context, max_demos=self.max_demos,
                                  temperatures=self.temperatures, multi_objective=self.multi_objective,
-                                 per_example=self._per_example_reports(), prior_devset=ordered)
+                                 per_example=self._per_example_reports())
 
         finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         start = start_params(pool, max_demos=self.max_demos) if self.warm_start else {}

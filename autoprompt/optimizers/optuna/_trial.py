@@ -162,12 +162,10 @@ def suggest(trial: Any, task: Any, pool: dict, *, max_demos: int, temperatures: 
 
 
 def run_trial(trial: Any, task: Any, pool: dict, devset: list, steps: list[int], context: Context, *,
-              max_demos: int, temperatures: tuple[float, ...], multi_objective: bool, per_example: bool,
-              prior_devset: list | None = None) -> Any:
+              max_demos: int, temperatures: tuple[float, ...], multi_objective: bool, per_example: bool) -> Any:
     """Score one trial's program on growing minibatches of ``devset`` (reporting each to the pruner), record
     what it cost in the trial's user attributes, and return its score (and prompt tokens when multi-objective).
-    A trial that takes the label prior is scored by :func:`_run_prior_trial` on ``prior_devset`` (default:
-    ``devset``) instead."""
+    A trial that takes the label prior is scored by :func:`_run_prior_trial`, on the same rows and steps."""
     import optuna
 
     params, task_params = suggest(trial, task, pool, max_demos=max_demos, temperatures=temperatures)
@@ -176,9 +174,7 @@ def run_trial(trial: Any, task: Any, pool: dict, devset: list, steps: list[int],
     program = build_program(task, pool, params, task_params)
     priored = [(name, p) for name, p in program.named_predictors() if prior_of(p) is not None]
     if priored:
-        rows = prior_devset or devset
-        prior_steps = sorted({min(s, len(rows)) for s in steps[:-1]} | {len(rows)})
-        return _run_prior_trial(trial, task, program, priored[0], rows, prior_steps, meter, started,
+        return _run_prior_trial(trial, task, program, priored[0], devset, steps, meter, started,
                                 multi_objective=multi_objective, per_example=per_example)
     try:
         with dspy.context(usage_tracker=meter):
@@ -236,9 +232,9 @@ def run_trial(trial: Any, task: Any, pool: dict, devset: list, steps: list[int],
 
 def _run_prior_trial(trial: Any, task: Any, program: dspy.Module, named: tuple[str, Any], devset: list,
                      steps: list[int], meter: Any, started: float, *, multi_objective: bool, per_example: bool) -> Any:
-    """Score a trial that adds the label prior (:mod:`autoprompt.optimizers.optuna._prior`): per dev row the
-    label probabilities (one metered call), at each minibatch the cross-fitted score so far reported to the
-    pruner; at the end the prior's weight and biases fitted on all rows go to the trial's ``label_prior`` user
+    """Score a trial that adds the label prior (:mod:`autoprompt.optimizers.optuna._prior`): per dev row (the
+    rows every trial reads) the label probabilities (one metered call), at each minibatch the cross-fitted
+    score so far reported to the pruner; at the end the prior's weight and biases fitted on all rows go to the trial's ``label_prior`` user
     attribute, and its cross-fitted score is the trial's value."""
     import numpy as np
     import optuna
@@ -249,6 +245,7 @@ def _run_prior_trial(trial: Any, task: Any, program: dspy.Module, named: tuple[s
     missing = 0
     pruned = False
     boundaries = set(steps)
+    so_far = np.zeros(0)  # the cross-fitted scores at the last boundary
     try:
         for i, example in enumerate(devset):
             with dspy.context(usage_tracker=meter):
@@ -275,7 +272,7 @@ def _run_prior_trial(trial: Any, task: Any, program: dspy.Module, named: tuple[s
     value = 0.0
     if done:
         arrays = np.asarray(logp), np.asarray(shares), np.asarray(scores)
-        value = float(cross_fitted(*arrays).mean())
+        value = float((so_far if len(so_far) == done else cross_fitted(*arrays)).mean())
         if not pruned:
             weight, bias, fitted_score = fit_prior(*arrays)
             trial.set_user_attr("label_prior", {name: {"weight": weight, "bias": {
