@@ -79,6 +79,8 @@ OPTIONS: dict[str, dict[str, Any]] = {"optuna-no-prior": {"label_prior": False},
 HISTORICAL: dict[str, str] = {
     "optuna-prior-v1": "autoprompt with the label prior as first built (ba28947: prior trials read all 200 dev rows, "
                        "two-fold cross-fit; off by default then)",
+    "optuna-prior-v2": "autoprompt with the label prior, also beside per-input demos (2ddf5b8, the default then; "
+                       "seed 2 stopped for the next change)",
 }
 LABELS = {"optuna": "autoprompt (Optuna search)", "optuna-no-prior": "autoprompt without the label prior (label_prior=False)",
           "optuna-no-warm-start": "autoprompt without the warm start",

@@ -212,3 +212,25 @@ def test_a_p_step_keeps_the_program_it_was_given_when_the_search_does_worse_on_d
     worse = step.run(State(given, LMSpec.parse("local"), scores={"dev": -0.01}), context)
     assert worse.program is not given and worse.details["kept"] == "search"
     assert worse.details["evaluations"]["dev"].score == better.details["search_dev"]
+
+
+def test_the_w_steps_program_drops_what_was_fitted_to_the_base_model():
+    """Pure logic: a searched predictor with per-input demos, the neighbours' label prior and a calibration's
+    logit_bias; the program the tuned LM runs keeps none of the fitted parts and, unless the training data
+    kept demos, no demos (the prior is detached first: its class wraps the retrieving one)."""
+    from autoprompt._retrieval import Retriever, attach, retriever_of
+    from autoprompt._vote_prior import LabelPrior, attach_prior, prior_of
+    from autoprompt.bettertogether._steps import for_tuned_lm
+    from tests.test_retrieval import POOL
+
+    program = dspy.Predict("text -> label")
+    attach(program, Retriever(POOL, ["text"], 2))
+    attach_prior(program, LabelPrior(POOL, ["text"], "label", ["positive", "negative"], [101, 202], k=3))
+    program.config = {"logit_bias": {"101": 1.0}, "temperature": 0.0}
+    program.demos = [dspy.Example(text="fixed", label="positive")]
+
+    bare = for_tuned_lm(program, keep_demos=False)
+    assert type(bare) is dspy.Predict and not bare.demos and bare.config == {"temperature": 0.0}
+    kept = for_tuned_lm(program, keep_demos=True)
+    assert prior_of(kept) is None and retriever_of(kept) is not None and kept.demos and "logit_bias" not in kept.config
+    assert prior_of(program) is not None and retriever_of(program) is not None  # the given program is unchanged

@@ -230,7 +230,6 @@ class WeightStep(BaseStep):
         return get_finetuner("lora", seed=context.seed, progress=context.progress, base_model=lm.base_model)
 
     def run(self, state: State, context: StepContext) -> State:
-        from autoprompt._retrieval import detach
         from autoprompt.export import compile_training_data
 
         finetuner = self.finetuner_for(state.lm, context)
@@ -244,13 +243,7 @@ class WeightStep(BaseStep):
                                                 f"step {context.parent!r}", **options)
         data.save(context.folder / "data", format="openai")
         tuned = finetuner.finetune(data, context.folder / "model")
-        program = state.program.deepcopy()
-        for _, predictor in program.named_predictors():
-            if not data.manifest["options"]["keep_demos"]:  # ask the tuned LM what it was trained on
-                detach(predictor)  # per-input demos too
-                predictor.demos = []
-            # a calibration measured the base model's bias; the tuned model learnt the calibrated answers
-            predictor.config = {k: v for k, v in predictor.config.items() if k != "logit_bias"}
+        program = for_tuned_lm(state.program, keep_demos=data.manifest["options"]["keep_demos"])
         if tuned.output_dir is not None and state.lm.is_local:
             lm = state.lm.base().with_adapter(Path(tuned.lm_spec.partition("?lora=")[2]))
         else:  # a provider's fine-tuned model: its server settings (and key, in memory) carry over
@@ -259,3 +252,21 @@ class WeightStep(BaseStep):
         metrics = {k: v for k, v in tuned.metrics.items() if k not in ("losses",)}
         return State(program, lm, details={"training_data": data.counts, "labels": data.manifest["labels"],
                                            "finetune": metrics})
+
+
+def for_tuned_lm(program: dspy.Module, *, keep_demos: bool) -> dspy.Module:
+    """A copy of ``program`` to run on the LM a ``w`` step tuned on its traces: without its demos (fixed and
+    per-input) unless the training data kept them (ask the tuned LM what it was trained on), and without
+    what was fitted to the base model's label probabilities: a calibration's ``logit_bias`` and the
+    neighbours' label prior (the tuned model learnt the answers they produced)."""
+    from autoprompt._retrieval import detach
+    from autoprompt._vote_prior import detach_prior
+
+    program = program.deepcopy()
+    for _, predictor in program.named_predictors():
+        detach_prior(predictor)  # first: its class wraps the retrieving one (attached after it)
+        if not keep_demos:
+            detach(predictor)
+            predictor.demos = []
+        predictor.config = {k: v for k, v in predictor.config.items() if k != "logit_bias"}
+    return program

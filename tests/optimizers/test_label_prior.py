@@ -46,6 +46,32 @@ def test_a_rows_cross_fitted_answer_never_sees_its_own_label():
         assert np.array_equal(after[fold & (np.arange(40) != row)], before[fold & (np.arange(40) != row)])
 
 
+def test_beside_the_prior_a_trial_takes_fixed_demos_only():
+    """Pure logic (Optuna's sampler, no LM): the prior and per-input demos never meet in a trial's parameters;
+    each is still sampled on its own, and a pool without labelled demo sets leaves a prior trial zero-shot."""
+    from types import SimpleNamespace
+
+    from autoprompt.optimizers.optuna._trial import suggest
+
+    task = SimpleNamespace(search_space=None)
+    entry = {"instructions": ["a", "b"], "demo_sets": [[{"text": "x", "label": "positive"}]] * 2,
+             "retrieval": [{"text": "x", "label": "positive"}], "label_prior": {"choices": [], "token_ids": []}}
+    for demo_sets, combos in (([[{}]] * 2, {(True, False), (False, True), (False, False)}), ([], {(True, None)})):
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        seen = set()
+        for _ in range(200):
+            trial = study.ask()
+            params, _ = suggest(trial, task, {"predictors": {"self": {**entry, "demo_sets": demo_sets}}},
+                                max_demos=4, temperatures=(0.0,))
+            if params["self.prior"] and not demo_sets:
+                assert "self.n_demos" not in params and "self.retrieve" not in params
+                seen.add((True, None))
+            elif params.get("self.n_demos"):
+                seen.add((params["self.prior"], params.get("self.retrieve", False)))
+            study.tell(trial, 0.5)
+        assert (True, True) not in seen and combos <= seen
+
+
 def test_the_prior_is_not_offered_on_an_lm_without_token_ids(small_task, tmp_path):
     """Pure logic, a stub LM (DSPy's DummyLM): no engine, so no prior in the pool and no trial samples it."""
     from dspy.utils.dummies import DummyLM
@@ -73,8 +99,9 @@ def test_the_search_fits_the_prior_and_the_program_answers_by_the_fitted_rule(lm
     assert trials[0].params["self.prior"] is False and trials[0].params["self.retrieve"] is True
     prior_trial = trials[1]
     assert prior_trial.state == optuna.trial.TrialState.COMPLETE
-    assert prior_trial.params == {"self.instruction": 0, "self.prior": True, "self.n_demos": 2,
-                                  "self.retrieve": False, "self.demo_set": 0}
+    assert prior_trial.params == {"self.instruction": 0, "self.prior": True, "self.n_demos": 2, "self.demo_set": 0}
+    # beside the prior no trial takes per-input demos (they would count the neighbours' vote twice)
+    assert not any(t.params.get("self.prior") and t.params.get("self.retrieve") for t in trials)
     fitted = prior_trial.user_attrs["label_prior"]["self"]
     assert fitted["weight"] in PRIOR_WEIGHTS and set(fitted["bias"]) <= {"negative"}
     # it read the rows every trial reads (max_dev of the 8), one call each

@@ -54,7 +54,8 @@ class OptunaSearch(BaseOptimizer):
             :mod:`autoprompt._vote_prior`); it fits the weight and the bias on the label probabilities of its
             dev rows (the rows every trial reads, one call each) and is scored cross-fitted over 10 folds
             (:mod:`autoprompt.optimizers.optuna._prior`). With it the warm start is followed by a second
-            enqueued trial: 4 fixed, label-balanced demos and the prior. On SST-2 that rule, fitted outside the
+            enqueued trial: 4 fixed, label-balanced demos and the prior (a prior trial takes fixed demos only:
+            per-input demos would count the neighbours twice). On SST-2 that rule, fitted outside the
             search, scored 78.7-80.7% test over three demo seeds, 3-5 points above the neighbours' vote
             (``benchmarks/results/vote_prior.md``). Offered only to a one-predictor program whose only output
             is the task's label, labels with distinct first tokens, the embedded engine (else logged and not
