@@ -60,7 +60,7 @@ class OptunaSearch(BaseOptimizer):
             (``benchmarks/results/vote_prior.md``). Offered only to a one-predictor program whose only output
             is the task's label, labels with distinct first tokens, the embedded engine (else logged and not
             searched: e.g. Banking77, whose labels share first tokens). On by default; the measured effect on
-            the search is in ``benchmarks/results/optimizers.md`` (README, *Measured results*).
+            the search is in ``benchmarks/results/optimizers.md`` (README, *Measured*).
         demo_order: the order of the per-input demos: ``"similarity"`` (the nearest next to the input),
             ``"vote"`` (grouped by label, the label most of them carry next to the input:
             :class:`autoprompt._retrieval.Retriever`) or ``"search"`` (the default: a parameter,
