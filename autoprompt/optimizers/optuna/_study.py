@@ -229,8 +229,7 @@ class OptunaSearch(BaseOptimizer):
         self.pool_ = pool
         order = list(range(len(context.devset)))
         random.Random(context.seed).shuffle(order)
-        ordered = [context.devset[i] for i in order]
-        devset = ordered[: self.max_dev]
+        devset = [context.devset[i] for i in order][: self.max_dev]
         steps = sorted({min(s, len(devset)) for s in self.minibatches} | {len(devset)})
 
         # Optuna runs n_jobs > 1 trials in its own threads, which do not see this thread's DSPy context
