@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 
 import dspy
@@ -90,6 +92,32 @@ class Meter(UsageTracker):
             reason = self.exhausted()
             if reason is not None:
                 raise BudgetExhausted(f"LM budget spent: {reason}")
+
+    @contextmanager
+    def holding_back(self, calls: int) -> Iterator[None]:
+        """Within the block the cap on LM calls is ``calls`` lower (no effect without a call cap, or with
+        ``calls`` 0): what a later step of the same run needs is left for it (e.g. the search's refit of its
+        winner, :class:`autoprompt.optimizers.OptunaSearch`).
+
+        Example:
+            >>> meter = Meter(Budget(max_calls=10))
+            >>> with meter.holding_back(4):
+            ...     meter.budget.max_calls
+            6
+            >>> meter.budget.max_calls
+            10
+        """
+        budget = self.budget
+        if calls <= 0 or budget.max_calls is None:
+            yield
+            return
+        if calls >= budget.max_calls:
+            raise ValueError(f"cannot hold back {calls} of {budget.max_calls} LM calls")
+        self.budget = replace(budget, max_calls=budget.max_calls - calls)
+        try:
+            yield
+        finally:
+            self.budget = budget
 
     def child(self) -> "Meter":
         """A meter of one part of the run (e.g. one trial of several running at once): it counts that

@@ -60,14 +60,14 @@ RUNS = HERE / "runs" / "optimizers"
 logger = logging.getLogger("benchmarks.optimizers")
 
 #: optimizer names of the benchmark -> autoprompt optimizer names (None: the zero-shot program, no search)
-OPTIMIZERS: dict[str, str | None] = {"optuna": "optuna", "optuna-no-prior": "optuna",
+OPTIMIZERS: dict[str, str | None] = {"optuna": "optuna", "optuna-no-refit": "optuna", "optuna-no-prior": "optuna",
                                      "optuna-no-warm-start": "optuna", "optuna-fixed-demos": "optuna",
                                      "optuna-bare": "optuna", "optuna-4-similarity": "optuna",
                                      "mipro": "mipro", "gepa": "gepa", "simba": "simba", "bfrs": "random-search",
                                      "bootstrap": "bootstrap", "zero-shot": None}
 #: options of a side beyond the optimizer's defaults (the ablations of the search's moves; they were measured
 #: before the label prior was on by default, hence label_prior=False for each)
-OPTIONS: dict[str, dict[str, Any]] = {"optuna-no-prior": {"label_prior": False},
+OPTIONS: dict[str, dict[str, Any]] = {"optuna-no-refit": {"prior_refit": 0}, "optuna-no-prior": {"label_prior": False},
                                       "optuna-no-warm-start": {"warm_start": False, "label_prior": False},
                                       "optuna-fixed-demos": {"retrieved_demos": False, "label_prior": False},
                                       "optuna-bare": {"retrieved_demos": False, "calibrate": False,
@@ -82,7 +82,11 @@ HISTORICAL: dict[str, str] = {
     "optuna-prior-v2": "autoprompt with the label prior, also beside per-input demos (2ddf5b8, the default then; "
                        "seed 2 stopped for the next change)",
 }
-LABELS = {"optuna": "autoprompt (Optuna search)", "optuna-no-prior": "autoprompt without the label prior (label_prior=False)",
+#: the search's sides the targets are reported for (the default first)
+SEARCH_SIDES = ("optuna", "optuna-no-refit", "optuna-no-prior")
+LABELS = {"optuna": "autoprompt (Optuna search)",
+          "optuna-no-refit": "autoprompt without the winner's refit (prior_refit=0)",
+          "optuna-no-prior": "autoprompt without the label prior (label_prior=False)",
           "optuna-no-warm-start": "autoprompt without the warm start",
           "optuna-fixed-demos": "autoprompt without per-input demos",
           "optuna-bare": "autoprompt without per-input demos and calibration",
@@ -151,6 +155,7 @@ def run_cell(task_name: str, calls: int, optimizer: str, seed: int, command: str
     task = autoprompt.load_task(str(ROOT / "tasks" / f"{task_name}.py"))
     started = time.monotonic()
     n_dev = len(task.examples("dev", limit=settings["dev_limit"]))
+    extra: dict[str, Any] = {}
     if OPTIMIZERS[optimizer] is None:
         lm = build_lm("local")
         program = task.make_program()
@@ -171,6 +176,10 @@ def run_cell(task_name: str, calls: int, optimizer: str, seed: int, command: str
         usage = result.usage
         points = _optuna_points(run_dir, int(usage["lm_calls"])) if OPTIMIZERS[optimizer] == "optuna" else recorder.points
         points = [*points, (int(usage["lm_calls"]), dev.score)]
+        if OPTIMIZERS[optimizer] == "optuna":  # the winner's refit (its dev score above is then in-sample)
+            refit = result.study.user_attrs.get("prior_refit")
+            extra["prior_refit"] = refit and {k: refit[k] for k in ("trial", "rows", "new_rows", "lm_calls",
+                                                                      "cross_fitted")}
     scores = [float(r["score"]) for r in test.records]
     cell = {
         "task": task_name, "calls": calls, "optimizer": optimizer, "seed": seed, "settings": settings,
@@ -180,7 +189,7 @@ def run_cell(task_name: str, calls: int, optimizer: str, seed: int, command: str
         "optimize_seconds": float(usage.get("optimize_seconds", 0.0)),
         "budget_exhausted": usage.get("budget_exhausted"), "anytime": [list(p) for p in points],
         "seconds": round(time.monotonic() - started, 1), "run_dir": str(run_dir.relative_to(ROOT)) if run_dir.is_relative_to(ROOT) else str(run_dir),
-        "cache": "own LM cache per cell, empty at its start", "command": command, "code": code_version(),
+        "cache": "own LM cache per cell, empty at its start", "command": command, "code": code_version(), **extra,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, dump_json(cell))
@@ -250,7 +259,7 @@ def _targets(task: str, cells: list[dict[str, Any]]) -> list[str]:
         half = mean(ref, "lm_calls") / 2
         head = (f"- budget {calls}: best DSPy optimizer {LABELS[best]}, test {100 * mean(ref, 'test'):.1f}% "
                 f"(seeds {sorted(c['seed'] for c in ref)}, {mean(ref, 'lm_calls'):.0f} calls)")
-        for side in ("optuna", "optuna-no-prior"):
+        for side in SEARCH_SIDES:
             ours_budgets = sorted({c["calls"] for c in cells if c["optimizer"] == side and c["calls"] <= calls},
                                   reverse=True)
             chosen = None
@@ -274,7 +283,7 @@ def _targets(task: str, cells: list[dict[str, Any]]) -> list[str]:
                              f"{seeds}: {100 * mean(ours, 'test'):.1f}% against {100 * mean(theirs, 'test'):.1f}%, "
                              f"{delta:+.1f} points (target >= +5: {'met' if delta >= 5 else 'NOT met'})")
             out.append(line)
-    for side in ("optuna", "optuna-no-prior"):
+    for side in SEARCH_SIDES:
         ours_all = [c for c in cells if c["optimizer"] == side]
         if task != "sentiment" or not ours_all:
             continue

@@ -14,7 +14,8 @@ import pytest
 import autoprompt
 from autoprompt._vote_prior import prior_of
 from autoprompt.export import export_prompt, prompt_document
-from autoprompt.optimizers.optuna._prior import PRIOR_WEIGHTS, cross_fitted, fit_prior, prior_rows
+from autoprompt.optimizers.optuna._prior import PRIOR_WEIGHTS, cross_fitted, fit_prior, prior_rows, refit_reserve
+from autoprompt.optimizers.optuna._trial import refit_prior
 
 
 def test_the_cross_fitted_score_is_honest_where_the_fit_is_optimistic():
@@ -89,7 +90,8 @@ def test_the_search_fits_the_prior_and_the_program_answers_by_the_fitted_rule(lm
 
     result = autoprompt.optimize(small_task, run_dir=tmp_path / "run", dev_limit=8, progress=False,
                                  optimizer="optuna", n_trials=3, n_instructions=0, n_demo_sets=2, max_demos=2,
-                                 minibatches=(4,), max_dev=6, pruner="none")  # label_prior: on by default
+                                 minibatches=(4,), max_dev=6, pruner="none",  # label_prior: on by default
+                                 prior_refit=0)  # the trial's own fit (the refit: the tests below)
     pool = result.study.user_attrs["pool"]["predictors"]["self"]
     engine = autoprompt._calibration.local_engine(lm)
     assert pool["label_prior"] == {"choices": ["positive", "negative"],
@@ -136,3 +138,107 @@ def test_the_search_fits_the_prior_and_the_program_answers_by_the_fitted_rule(lm
     assert "ln((n_l + 0.5)" in entry["logit_bias_per_input"]["rule"]
     text = export_prompt(document, tmp_path / "p.txt", format="text").read_text()
     assert "prior from its 64 nearest labelled examples" in text
+
+
+def _prior_search(**options):
+    from autoprompt.optimizers import OptunaSearch
+
+    # no retrieval: the prior's enqueued trial (2 fixed labelled demos) is the first; one labelled set, no
+    # instruction proposals: building the pool costs no LM call
+    return OptunaSearch(n_instructions=0, n_demo_sets=1, max_demos=2, minibatches=(3,), max_dev=6,
+                        retrieved_demos=False, calibrate=False, pruner="none", **options)
+
+
+def _context(task, tmp_path, budget=None):
+    from autoprompt.optimizers import Context
+    from autoprompt.usage import Meter
+
+    return Context(trainset=task.examples("train"), devset=task.examples("dev")[:12], seed=0, run_dir=tmp_path,
+                   meter=Meter(budget), progress=False)
+
+
+def _compile(search, task, context, lm, instruction):
+    program = task.make_program()  # a new instruction: none of its answers is in DSPy's cache yet
+    program.predictors()[0].signature = program.predictors()[0].signature.with_instructions(instruction)
+    context.meter.enforcing = True
+    with dspy.context(lm=lm, adapter=autoprompt.CompactJSONAdapter(), usage_tracker=context.meter):
+        return search, search.compile(program, task, context)
+
+
+def test_the_winning_prior_trial_is_refitted_on_the_next_dev_rows(lm, small_task, tmp_path):
+    """The best trial takes the prior (the only trial): the search reads its label probabilities on the next
+    ``prior_refit`` rows of its dev sample, fits the weight and bias on all 10 rows, and the program (and the
+    trial's program rebuilt from the study, as export and report do) takes those values."""
+    from autoprompt.optimizers.optuna import program_of_trial
+
+    context = _context(small_task, tmp_path)
+    search, compiled = _compile(_prior_search(n_trials=1, prior_refit=4), small_task, context, lm,
+                                "Is the review positive or negative? (refit test)")
+    study = search.study_
+    (trial,) = study.trials
+    assert trial.params["self.prior"] is True and trial.user_attrs["examples"] == 6
+    refit = study.user_attrs["prior_refit"]
+    assert refit["trial"] == 0 and refit["rows"] == 10 and refit["new_rows"] == 4 and refit["lm_calls"] == 4
+
+    # the values are fit_prior's on the trial's 6 rows and the 4 that follow them in the search's sample
+    (predictor,) = compiled.predictors()
+    prior = prior_of(predictor)
+    seen, following = search._dev_rows(context)
+    assert len(seen) == 6 and len(following) == 4 and not {id(e) for e in seen} & {id(e) for e in following}
+    with dspy.context(lm=lm, adapter=autoprompt.CompactJSONAdapter()):
+        new = [prior_rows(predictor, prior, small_task, ex) for ex in following]
+    stored = trial.user_attrs["prior_rows"]
+    arrays = [np.concatenate([np.asarray(stored[key]), [row[i] for row in new]])
+              for i, key in enumerate(("logp", "shares", "scores"))]
+    weight, bias, fit_score = fit_prior(*arrays)
+    expected = {"weight": weight, "bias": {c: float(b) for c, b in zip(prior.choices, bias) if b}}
+    assert refit["label_prior"] == {"self": expected} and refit["fit_score"] == fit_score
+    assert refit["cross_fitted"] == pytest.approx(cross_fitted(*arrays).mean())
+    assert (prior.weight, prior.bias) == (expected["weight"], expected["bias"])
+    rebuilt = prior_of(program_of_trial(study, small_task, 0)[0].predictors()[0])
+    assert (rebuilt.weight, rebuilt.bias) == (expected["weight"], expected["bias"])
+    # the trial keeps its own fit (on its 6 rows) beside the refit
+    own_weight, own_bias, _ = fit_prior(*(np.asarray(stored[key]) for key in ("logp", "shares", "scores")))
+    assert trial.user_attrs["label_prior"]["self"] == {
+        "weight": own_weight, "bias": {c: float(b) for c, b in zip(prior.choices, own_bias) if b}}
+
+
+def test_under_a_call_cap_the_trials_leave_the_refit_its_calls(lm, small_task, tmp_path):
+    """Cap 40, 6 calls a trial, a refit of 4 rows: the trials stop at 36 calls (the cap still buys 4 trials
+    beside the refit), the cap is whole again after them, and the refit (if the prior trial won) stays within
+    it."""
+    from autoprompt.usage import Budget
+
+    search = _prior_search(n_trials=30, prior_refit=4, temperatures=(0.0, 0.7))  # configurations enough to reach it
+    context = _context(small_task, tmp_path, Budget(max_calls=40))
+    program = small_task.make_program()
+    program.predictors()[0].signature = program.predictors()[0].signature.with_instructions(
+        "Is the review positive or negative? (reserve test)")
+    context.meter.enforcing = True
+    with dspy.context(lm=lm, adapter=autoprompt.CompactJSONAdapter(), usage_tracker=context.meter):
+        study = search.run_trials(program, small_task, context, refit=True)
+        assert 30 < context.meter.calls <= 36 and context.meter.budget.max_calls == 40
+        refit = refit_prior(study, small_task, search.pool_, search._dev_rows(context)[1], context)
+    assert context.meter.calls <= 40
+    if refit is not None:  # the best trial took the prior: it read the 4 rows the trials left
+        assert refit["new_rows"] == 4 and refit["lm_calls"] == 4
+    else:
+        assert not study.best_trial.params.get("self.prior")
+    # a cap that no longer buys 4 trials of 6 calls beside the refit's 4 holds nothing back
+    assert refit_reserve(40, 0, 4, 6) == 4 and refit_reserve(40, 13, 4, 6) == 0
+
+
+def test_holding_back_calls_lowers_the_cap_for_a_block_only():
+    from autoprompt.usage import Budget, Meter
+
+    meter = Meter(Budget(max_calls=10, max_tokens=99))
+    with meter.holding_back(4):
+        assert meter.budget == Budget(max_calls=6, max_tokens=99)
+        meter.calls = 6
+        assert meter.exhausted() == "6 LM calls (cap 6)"
+    assert meter.budget == Budget(max_calls=10, max_tokens=99) and meter.exhausted() is None
+    with meter.holding_back(0), Meter().holding_back(5):  # nothing to hold back: the budget is left as it is
+        assert meter.budget.max_calls == 10
+    with pytest.raises(ValueError, match="cannot hold back 10 of 10"):
+        with meter.holding_back(10):
+            pass

@@ -22,7 +22,8 @@ import numpy as np
 
 from autoprompt._vote_prior import LabelPrior
 
-__all__ = ["PRIOR_FOLDS", "PRIOR_K", "PRIOR_WEIGHTS", "PRIOR_BIASES", "cross_fitted", "fit_prior", "prior_for", "prior_rows"]
+__all__ = ["PRIOR_FOLDS", "PRIOR_K", "PRIOR_WEIGHTS", "PRIOR_BIASES", "REFIT_MIN_TRIALS", "cross_fitted", "fit_prior",
+           "prior_for", "prior_rows", "refit_reserve"]
 
 #: neighbours counted: the best k on SST-2 dev for every prompt measured (``vote_prior.md``)
 PRIOR_K = 64
@@ -33,6 +34,8 @@ PRIOR_BIASES = tuple(round(float(c), 2) for c in np.arange(-4.0, 4.001, 0.25))
 #: folds of the cross-fitted score: each row is scored by values fitted on 90% of the others (two halves, as
 #: before, fitted on 50 of 100 rows and under-rated the rule the program takes)
 PRIOR_FOLDS = 10
+#: whole trials a call cap must still buy beside the refit's rows for the search to hold them back
+REFIT_MIN_TRIALS = 4
 
 
 def prior_for(cands: dict, task: Any, input_fields: list[str], *, weight: float = 1.0,
@@ -124,3 +127,19 @@ def cross_fitted(logp: np.ndarray, shares: np.ndarray, scores: np.ndarray, *, fo
         picked = np.argmax(logp[own] + w * shares[own] + bias, axis=1)
         out[own] = scores[own, picked]
     return out
+
+
+def refit_reserve(max_calls: int | None, spent: int, rows: int, trial_rows: int) -> int:
+    """LM calls the trials leave for the refit of a winning prior trial on ``rows`` more dev rows (one call
+    each), under a cap of ``max_calls`` with ``spent`` already spent: ``rows`` when the cap still buys
+    :data:`REFIT_MIN_TRIALS` whole trials of ``trial_rows`` calls beside them, else 0 (a small budget goes to
+    trials: at 300 calls on SST-2 the search completes two or three). No cap: 0 (nothing to hold back; the
+    refit runs after the trials all the same).
+
+    Example:
+        >>> refit_reserve(600, 50, 100, 100), refit_reserve(300, 50, 100, 100), refit_reserve(None, 0, 100, 100)
+        (100, 0, 0)
+    """
+    if max_calls is None or rows <= 0:
+        return 0
+    return rows if max_calls - spent - rows >= REFIT_MIN_TRIALS * trial_rows else 0

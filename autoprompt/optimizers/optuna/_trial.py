@@ -17,7 +17,8 @@ from autoprompt._vote_prior import attach_prior, prior_of
 from autoprompt.optimizers.optuna._prior import cross_fitted, fit_prior, prior_for, prior_rows
 from autoprompt.optimizers._base import Context
 
-__all__ = ["build_program", "prior_start_params", "program_of_trial", "run_trial", "start_params", "suggest"]
+__all__ = ["build_program", "fitted_prior", "prior_start_params", "program_of_trial", "refit_prior", "run_trial",
+           "start_params", "suggest"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +76,63 @@ def program_of_trial(study: Any, task: Any, trial_number: int) -> tuple[dspy.Mod
     trial = study.trials[trial_number]
     task_params = trial.user_attrs.get("task_params", {})
     return build_program(task, load_pool(study), trial.params, task_params, trial.user_attrs.get("logit_bias"),
-                         trial.user_attrs.get("label_prior")), task_params
+                         fitted_prior(study, trial)), task_params
+
+
+def fitted_prior(study: Any, trial: Any) -> dict[str, dict] | None:
+    """The label prior's weight and biases a trial's program takes, per predictor: refitted on more dev rows
+    when the search refitted this trial (the study's ``prior_refit`` attribute, :func:`refit_prior`), else
+    as the trial fitted them (its ``label_prior`` attribute); ``None`` for a trial without the prior."""
+    refit = study.user_attrs.get("prior_refit") or {}
+    if refit.get("trial") == trial.number:
+        return refit["label_prior"]
+    return trial.user_attrs.get("label_prior")
+
+
+def refit_prior(study: Any, task: Any, pool: dict, rows: list, context: Context) -> dict | None:
+    """Refit the best trial's label prior on its dev rows and ``rows`` more (the search's sample continued):
+    the label probabilities of the new rows (one metered call each, until the budget is spent), then the
+    weight and biases :func:`autoprompt.optimizers.optuna._prior.fit_prior` finds on all of them. Stored as the
+    study's ``prior_refit`` attribute (the trial, its rows, the values, the cross-fitted score over all rows,
+    the calls it made), which :func:`fitted_prior` hands to the program; a resumed search keeps it. ``None``
+    (and nothing stored) when the best trial takes no prior, no row was read, or nothing is left to read."""
+    import numpy as np
+
+    trial = study.best_trial
+    stored = trial.user_attrs.get("prior_rows")
+    if not rows or not stored or not trial.user_attrs.get("label_prior"):
+        return None
+    done = study.user_attrs.get("prior_refit")
+    if done and done.get("trial") == trial.number:
+        return done
+    program = build_program(task, pool, trial.params, trial.user_attrs.get("task_params", {}))
+    name, predictor = next((n, p) for n, p in program.named_predictors() if prior_of(p) is not None)
+    prior = prior_of(predictor)
+    meter = context.meter.child()
+    new = []
+    try:
+        for example in rows:
+            if context.meter.exhausted() is not None:
+                break
+            with dspy.context(usage_tracker=meter):
+                new.append(prior_rows(predictor, prior, task, example))
+    except BudgetExhausted:
+        pass
+    if not new:
+        logger.info("no LM calls left to refit trial %d's label prior; it keeps its own fit", trial.number)
+        return None
+    logp, shares, scores = (np.concatenate([np.asarray(stored[key], dtype=float), [row[i] for row in new]])
+                            for i, key in enumerate(("logp", "shares", "scores")))
+    weight, bias, fit_score = fit_prior(logp, shares, scores)
+    refit = {"trial": trial.number, "rows": len(scores), "new_rows": len(new), "lm_calls": meter.calls,
+             "label_prior": {name: {"weight": weight,
+                                    "bias": {label: float(b) for label, b in zip(prior.choices, bias) if b}}},
+             "cross_fitted": float(cross_fitted(logp, shares, scores).mean()), "fit_score": fit_score}
+    study.set_user_attr("prior_refit", refit)
+    logger.info("trial %d's label prior refitted on %d dev rows (%d new, %d LM calls): weight %s, bias %s; "
+                "cross-fitted %.3f (the trial's own %d rows: %.3f)", trial.number, len(scores), len(new), meter.calls,
+                weight, refit["label_prior"][name]["bias"], refit["cross_fitted"], len(scores) - len(new), trial.value)
+    return refit
 
 
 def start_params(pool: dict, *, max_demos: int) -> dict[str, Any]:
@@ -277,6 +334,9 @@ def _run_prior_trial(trial: Any, task: Any, program: dspy.Module, named: tuple[s
             trial.set_user_attr("label_prior", {name: {"weight": weight, "bias": {
                 label: float(b) for label, b in zip(prior.choices, bias) if b}}})
             trial.set_user_attr("label_prior_fit_score", fitted_score)
+            # the rows themselves, so that the search can refit the winner on more rows without reading these again
+            trial.set_user_attr("prior_rows", {key: array.tolist()
+                                               for key, array in zip(("logp", "shares", "scores"), arrays)})
     prompt_tokens = _record(trial, program, task, devset, meter, started, examples=done, failures=missing,
                             errors=0, score=value)
     if pruned:
