@@ -94,7 +94,7 @@ def test_the_search_calibrates_the_trials_that_ask_and_exports_it(lm, small_task
     assert calibrated[0].user_attrs["lm_calls"] >= 3  # the first calibration of the run cannot be cached
     assert all(t.user_attrs["lm_calls"] <= 4 for t in uncalibrated)
     document = json.loads((result.run_dir / "prompt.json").read_text())
-    best = result.study.best_trial
+    best = result.study.trials[result.optimizer.best_trial_]  # the trial the search chose
     assert document["predictors"][0]["config"].get("logit_bias") == best.user_attrs.get("logit_bias", {}).get("self")
 
 

@@ -185,7 +185,7 @@ def test_the_search_offers_retrieved_demos_and_exports_the_winner(small_task, tm
         if retriever is not None:
             assert retriever.k == n_demos
     document = json.loads((result.run_dir / "prompt.json").read_text())
-    best = result.study.best_trial.params
+    best = result.study.trials[result.optimizer.best_trial_].params  # the trial the search chose
     assert ("retrieval" in document["predictors"][0]) == bool(best.get("self.retrieve"))
 
 

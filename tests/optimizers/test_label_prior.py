@@ -15,6 +15,7 @@ import autoprompt
 from autoprompt._vote_prior import prior_of
 from autoprompt.export import export_prompt, prompt_document
 from autoprompt.optimizers.optuna._prior import PRIOR_WEIGHTS, cross_fitted, fit_prior, prior_rows, refit_reserve
+from autoprompt.optimizers.optuna._study import select_trial
 from autoprompt.optimizers.optuna._trial import refit_prior
 
 
@@ -218,12 +219,13 @@ def test_under_a_call_cap_the_trials_leave_the_refit_its_calls(lm, small_task, t
     with dspy.context(lm=lm, adapter=autoprompt.CompactJSONAdapter(), usage_tracker=context.meter):
         study = search.run_trials(program, small_task, context, refit=True)
         assert 30 < context.meter.calls <= 36 and context.meter.budget.max_calls == 40
-        refit = refit_prior(study, small_task, search.pool_, search._dev_rows(context)[1], context)
+        chosen = select_trial([t for t in study.trials if t.state.name == "COMPLETE"])
+        refit = refit_prior(study, chosen, small_task, search.pool_, search._dev_rows(context)[1], context)
     assert context.meter.calls <= 40
-    if refit is not None:  # the best trial took the prior: it read the 4 rows the trials left
+    if refit is not None:  # the chosen trial took the prior: it read the 4 rows the trials left
         assert refit["new_rows"] == 4 and refit["lm_calls"] == 4
     else:
-        assert not study.best_trial.params.get("self.prior")
+        assert not chosen.params.get("self.prior")
     # a cap that no longer buys 4 trials of 6 calls beside the refit's 4 holds nothing back
     assert refit_reserve(40, 0, 4, 6) == 4 and refit_reserve(40, 13, 4, 6) == 0
 

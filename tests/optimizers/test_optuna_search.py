@@ -123,7 +123,7 @@ def test_task_extends_the_search_space(small_task, lm, tmp_path):
     modules = [t.params["module"] for t in result.study.trials]
     assert set(modules) <= {"predict", "cot"} and len(seen) >= 4
     assert all(t.user_attrs["task_params"] == {"module": t.params["module"]} for t in result.study.trials)
-    winner = result.study.best_trial.params["module"]
+    winner = result.study.trials[result.optimizer.best_trial_].params["module"]  # the trial the search chose
     assert isinstance(result.program, dspy.ChainOfThought) == (winner == "cot")
     reloaded = autoprompt.load_prompt(result.run_dir / "prompt.json", small_task)
     assert type(reloaded) is type(result.program)
@@ -172,3 +172,25 @@ def test_template_instructions_join_the_pool_without_an_lm(tmp_path):
     ]
     assert build_pool(task.make_program(), task, context, max_demos=0, n_demo_sets=0, n_instructions=0
                       )["predictors"]["self"]["instructions"] == candidates["instructions"][:1]
+
+
+def test_the_search_returns_the_shortest_prompt_within_one_standard_error_of_the_best():
+    """Pure logic: ``select="one-se"`` (the default) against ``"best"`` on scores of 100 rows (one standard error
+    of 0.84: 0.037)."""
+    from types import SimpleNamespace
+
+    from autoprompt.optimizers.optuna import select_trial
+
+    def trial(number, value, tokens, examples=100):
+        return SimpleNamespace(number=number, value=value, user_attrs={"examples": examples, "prompt_tokens": tokens})
+
+    trials = [trial(0, 0.74, 473), trial(1, 0.83, 389), trial(2, 0.53, 120), trial(3, 0.84, 467)]
+    assert select_trial(trials, "best").number == 3
+    assert select_trial(trials).number == 1  # 0.83 is within 0.037 of 0.84, with 78 fewer prompt tokens
+    assert select_trial([*trials[:3], trial(3, 0.88, 467)]).number == 3  # 0.83 is not within 0.032 of 0.88
+    # a trial scored on fewer rows (e.g. stopped by the budget) is not compared; equal prompts: the better score
+    assert select_trial([*trials, trial(4, 0.84, 100, examples=50)]).number == 1
+    assert select_trial([trial(0, 0.80, 300), trial(1, 0.82, 300)]).number == 1
+    assert select_trial([trial(0, 0.9, 300, examples=0), trial(1, 0.8, 10, examples=0)]).number == 0
+    with pytest.raises(ValueError, match="one-se"):
+        select_trial(trials, "lowest")

@@ -21,8 +21,8 @@ label prior's fit), ``_study`` (:class:`OptunaSearch`). Readers of a run (report
 """
 
 from autoprompt.optimizers.optuna._pool import POOL_VERSION, build_pool, load_pool, stratified_sample
-from autoprompt.optimizers.optuna._study import OptunaSearch
+from autoprompt.optimizers.optuna._study import OptunaSearch, select_trial
 from autoprompt.optimizers.optuna._trial import build_program, program_of_trial
 
 __all__ = ["OptunaSearch", "POOL_VERSION", "build_pool", "build_program", "load_pool", "program_of_trial",
-           "stratified_sample"]
+           "select_trial", "stratified_sample"]

@@ -89,16 +89,15 @@ def fitted_prior(study: Any, trial: Any) -> dict[str, dict] | None:
     return trial.user_attrs.get("label_prior")
 
 
-def refit_prior(study: Any, task: Any, pool: dict, rows: list, context: Context) -> dict | None:
-    """Refit the best trial's label prior on its dev rows and ``rows`` more (the search's sample continued):
-    the label probabilities of the new rows (one metered call each, until the budget is spent), then the
+def refit_prior(study: Any, trial: Any, task: Any, pool: dict, rows: list, context: Context) -> dict | None:
+    """Refit the label prior of ``trial`` (the search's choice) on its dev rows and ``rows`` more (the search's
+    sample continued): the label probabilities of the new rows (one metered call each, until the budget is spent), then the
     weight and biases :func:`autoprompt.optimizers.optuna._prior.fit_prior` finds on all of them. Stored as the
     study's ``prior_refit`` attribute (the trial, its rows, the values, the cross-fitted score over all rows,
     the calls it made), which :func:`fitted_prior` hands to the program; a resumed search keeps it. ``None``
-    (and nothing stored) when the best trial takes no prior, no row was read, or nothing is left to read."""
+    (and nothing stored) when the trial takes no prior, no row was read, or nothing is left to read."""
     import numpy as np
 
-    trial = study.best_trial
     stored = trial.user_attrs.get("prior_rows")
     if not rows or not stored or not trial.user_attrs.get("label_prior"):
         return None
