@@ -87,8 +87,9 @@ class OptunaSearch(BaseOptimizer):
             rule, :func:`select_trial`) the shortest prompt among the trials within one standard error of the
             best score, ``"best"`` the best score. Why: near-tied trials on 100 dev rows are told apart by noise,
             and the best-scoring one is then the luckiest; among them the shortest prompt is the cheapest to
-            serve, and on SST-2 the fewer demos the better beside the prior (measured in
-            ``benchmarks/results/optimizers.md``, README *Measured*). Multi-objective searches keep their
+            serve. Measured on SST-2 at 600 calls (the same search either way): test 79.1, 74.8, 78.7% against
+            76.8, 77.8, 78.0 returning the best, the same mean with shorter prompts
+            (``benchmarks/results/optimizers.md``, README *Measured*). Multi-objective searches keep their
             Pareto front.
         warm_start: a new study's first trial is the configuration the moves benchmark found best on
             every shipped task (per-input demos ordered by vote, 4 or 8 of them, whichever count's
