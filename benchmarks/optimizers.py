@@ -60,25 +60,26 @@ RUNS = HERE / "runs" / "optimizers"
 logger = logging.getLogger("benchmarks.optimizers")
 
 #: optimizer names of the benchmark -> autoprompt optimizer names (None: the zero-shot program, no search)
-OPTIMIZERS: dict[str, str | None] = {"optuna": "optuna", "optuna-best": "optuna", "optuna-refit": "optuna", "optuna-no-prior": "optuna",
-                                     "optuna-no-warm-start": "optuna", "optuna-fixed-demos": "optuna",
-                                     "optuna-bare": "optuna", "optuna-4-similarity": "optuna",
+OPTIMIZERS: dict[str, str | None] = {"optuna": "optuna", "optuna-best": "optuna", "optuna-refit": "optuna",
+                                     "optuna-no-prior": "optuna", "optuna-no-warm-start": "optuna",
+                                     "optuna-fixed-demos": "optuna", "optuna-bare": "optuna",
+                                     "optuna-4-similarity": "optuna",
                                      "mipro": "mipro", "gepa": "gepa", "simba": "simba", "bfrs": "random-search",
                                      "bootstrap": "bootstrap", "zero-shot": None}
-#: options of a side beyond the optimizer's defaults (the ablations of the search's moves; they were measured
-#: before the label prior was on by default and before the search returned the shortest prompt within one
-#: standard error of the best, hence label_prior=False and select="best" for each)
-OPTIONS: dict[str, dict[str, Any]] = {"optuna-best": {"select": "best"},
-                                      "optuna-refit": {"prior_refit": 100, "select": "best"},
-                                      "optuna-no-prior": {"label_prior": False, "select": "best"},
-                                      "optuna-no-warm-start": {"warm_start": False, "label_prior": False,
-                                                               "select": "best"},
-                                      "optuna-fixed-demos": {"retrieved_demos": False, "label_prior": False,
-                                                             "select": "best"},
-                                      "optuna-bare": {"retrieved_demos": False, "calibrate": False,
-                                                      "label_prior": False, "select": "best"},
-                                      "optuna-4-similarity": {"demo_order": "similarity", "max_demos": 4,
-                                                              "label_prior": False, "select": "best"}}
+#: the search as it returned its best-scoring trial (the default before e9c0494)
+_BEST = {"select": "best"}
+#: ... and without the label prior (the default before b1086fc): what the ablations below were measured against
+_BEFORE_PRIOR = {**_BEST, "label_prior": False}
+#: options of a side beyond the optimizer's defaults (the ablations of the search's moves, measured before the
+#: label prior was on by default and before select="one-se", hence _BEFORE_PRIOR under each)
+OPTIONS: dict[str, dict[str, Any]] = {"optuna-best": _BEST,
+                                      "optuna-refit": {**_BEST, "prior_refit": 100},
+                                      "optuna-no-prior": _BEFORE_PRIOR,
+                                      "optuna-no-warm-start": {**_BEFORE_PRIOR, "warm_start": False},
+                                      "optuna-fixed-demos": {**_BEFORE_PRIOR, "retrieved_demos": False},
+                                      "optuna-bare": {**_BEFORE_PRIOR, "retrieved_demos": False, "calibrate": False},
+                                      "optuna-4-similarity": {**_BEFORE_PRIOR, "demo_order": "similarity",
+                                                              "max_demos": 4}}
 #: sides whose cells stay in the table but that the current code no longer runs (a rerun of the same options
 #: measures the code of today under another name)
 HISTORICAL: dict[str, str] = {
