@@ -343,7 +343,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     for r in trial_rows(study):
         score = "-" if r["score"] is None else f"{100 * r['score']:.1f}%"
         params = " ".join(f"{k.split('.')[-1]}={v}" for k, v in r["params"].items())
-        rows.append([str(r["trial"]), r["state"], score, str(r["prompt_tokens"] or "-"), str(r["examples"] or "-"),
+        state = r["state"] if r["repeat_of"] is None else f"{r['state']} (= {r['repeat_of']})"
+        rows.append([str(r["trial"]), state, score, str(r["prompt_tokens"] or "-"), str(r["examples"] or "-"),
                      str(r["lm_calls"] if r["lm_calls"] is not None else "-"), str(r["tokens"] or "-"),
                      str(r["seconds"] or "-"), params])
     print(_table(rows))

@@ -82,7 +82,8 @@ def serve_dashboard(run_dir: str | Path, *, host: str = "127.0.0.1", port: int =
 
 
 def trial_rows(study: Any) -> list[dict[str, Any]]:
-    """One dict per trial: number, state, params, value(s), and what it cost."""
+    """One dict per trial: number, state, params, value(s), what it cost, and the trial it repeated
+    (``repeat_of``: an earlier trial with the same parameters, whose outcome it took without an LM call)."""
     rows = []
     for t in study.trials:
         attrs = t.user_attrs
@@ -96,6 +97,7 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
             "tokens": attrs.get("tokens"),
             "seconds": attrs.get("seconds"),
             "params": t.params,
+            "repeat_of": attrs.get("duplicate_of"),
         })
     return rows
 

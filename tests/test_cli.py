@@ -67,7 +67,7 @@ def test_bad_options_are_one_line_naming_the_option_and_its_type(tmp_path):
         (("optimize", TASKS / "sentiment.py", "--option", "n_trialz=3"),
          "optimizer 'optuna' takes no option 'n_trialz'; its options are"),
         (("optimize", TASKS / "sentiment.py", "--option", "n_trials=abc"),
-         "optimizer 'optuna': option n_trials takes int, got 'abc' (str)"),
+         "optimizer 'optuna': option n_trials takes int or None, got 'abc' (str)"),
         (("better-together", TASKS / "iris.py", "--option", "n_trials=abc"), "option n_trials takes int"),
         (("better-together", TASKS / "iris.py", "--finetune-option", "epochs=2.5"),
          "finetuner 'lora': option epochs takes int or None, got 2.5 (float)"),

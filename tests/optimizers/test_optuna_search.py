@@ -194,3 +194,79 @@ def test_the_search_returns_the_shortest_prompt_within_one_standard_error_of_the
     assert select_trial([trial(0, 0.9, 300, examples=0), trial(1, 0.8, 10, examples=0)]).number == 0
     with pytest.raises(ValueError, match="one-se"):
         select_trial(trials, "lowest")
+
+
+def test_a_trial_with_an_earlier_trials_parameters_repeats_its_outcome_without_an_lm_call():
+    """Pure logic on an in-memory study: a repeat of a complete trial returns its score with its record copied,
+    a repeat of a pruned one is pruned after the same reports; a trial the budget cut short, or one sampled
+    above temperature 0, is read again."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    from autoprompt.optimizers.optuna._trial import _repeat, duplicate_of
+
+    dists = {"self.instruction": CategoricalDistribution([0, 1]), "self.n_demos": IntDistribution(0, 8)}
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(
+        params={"self.instruction": 1, "self.n_demos": 4}, distributions=dists, value=0.83,
+        user_attrs={"task_params": {}, "examples": 100, "prompt_tokens": 389, "label_prior": {"self": {"weight": 1.0}},
+                    "lm_calls": 100}))
+    study.add_trial(optuna.trial.create_trial(
+        params={"self.instruction": 0, "self.n_demos": 2}, distributions=dists, state=optuna.trial.TrialState.PRUNED,
+        intermediate_values={20: 0.55}, user_attrs={"task_params": {}, "examples": 20}))
+    study.add_trial(optuna.trial.create_trial(
+        params={"self.instruction": 0, "self.n_demos": 3}, distributions=dists, state=optuna.trial.TrialState.PRUNED,
+        intermediate_values={20: 0.7}, user_attrs={"task_params": {}, "budget_exhausted": True}))
+
+    study.enqueue_trial({"self.instruction": 1, "self.n_demos": 4})
+    trial = study.ask(dists)
+    trial.set_user_attr("task_params", {})
+    assert duplicate_of(trial).number == 0
+    assert _repeat(trial, duplicate_of(trial), multi_objective=False) == 0.83
+    attrs = study.trials[trial.number].user_attrs
+    assert attrs["duplicate_of"] == 0 and attrs["lm_calls"] == 0
+    assert attrs["prompt_tokens"] == 389 and attrs["label_prior"] == {"self": {"weight": 1.0}}
+    study.tell(trial, 0.83)
+
+    study.enqueue_trial({"self.instruction": 0, "self.n_demos": 2})
+    trial = study.ask(dists)
+    trial.set_user_attr("task_params", {})
+    with pytest.raises(optuna.TrialPruned):
+        _repeat(trial, duplicate_of(trial), multi_objective=False)
+    assert study.trials[trial.number].intermediate_values == {20: 0.55}
+    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+
+    for params, task_params in (({"self.instruction": 0, "self.n_demos": 3}, {}),  # cut short by the budget
+                                ({"self.instruction": 1, "self.n_demos": 4}, {"module": "cot"})):  # another task param
+        study.enqueue_trial(params)
+        trial = study.ask(dists)
+        trial.set_user_attr("task_params", task_params)
+        assert duplicate_of(trial) is None
+        study.tell(trial, 0.5)
+    study.enqueue_trial({"self.instruction": 1, "self.n_demos": 4, "temperature": 0.7})
+    trial = study.ask({**dists, "temperature": CategoricalDistribution([0.0, 0.7])})
+    trial.set_user_attr("task_params", {})
+    assert duplicate_of(trial) is None
+
+
+def test_under_a_budget_the_search_runs_until_the_sampler_only_repeats(small_task, lm, tmp_path, caplog):
+    """n_trials unset and a budget: the trials are not capped at 16; on a space of one configuration (one
+    instruction, no demos, no prior) the first trial reads the dev rows and the next ten repeat it, without an LM
+    call, and the search stops there rather than looping on free repeats."""
+    import logging
+
+    import autoprompt
+
+    caplog.set_level(logging.INFO, logger="autoprompt")
+    result = autoprompt.optimize(small_task, run_dir=tmp_path / "run", dev_limit=3, progress=False, budget=500,
+                                 optimizer="optuna", n_instructions=0, n_demo_sets=0, max_demos=0,
+                                 retrieved_demos=False, calibrate=False, label_prior=False, minibatches=(3,))
+    trials = result.study.trials
+    assert len(trials) == 11
+    assert trials[0].user_attrs["lm_calls"] == 3 and "duplicate_of" not in trials[0].user_attrs
+    assert all(t.user_attrs["duplicate_of"] == 0 and t.user_attrs["lm_calls"] == 0 for t in trials[1:])
+    assert all(t.value == trials[0].value for t in trials)
+    assert result.optimizer.best_trial_ == 0
+    assert "until the budget is spent" in caplog.text and "repeated earlier trials' parameters" in caplog.text
+    report = subprocess.run(autoprompt_cmd("report", tmp_path / "run"), capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr
+    assert report.stdout.count("COMPLETE (= 0)") == 10

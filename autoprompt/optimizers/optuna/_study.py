@@ -26,13 +26,22 @@ logger = logging.getLogger(__name__)
 DEMO_ORDERS = (*ORDERS, "search")
 #: the values of ``OptunaSearch(select=)``
 SELECT_RULES = ("one-se", "best")
+#: trials a search runs when neither ``n_trials`` nor a budget says how many
+DEFAULT_TRIALS = 16
+#: repeated trials in a row after which a search stops (:func:`_stop_on_repeats`)
+MAX_REPEATS = 10
 
 
 class OptunaSearch(BaseOptimizer):
     """Bayesian search (Optuna TPE) with pruning over the whole prompt space.
 
     Args:
-        n_trials: trials to run in total (a resumed study counts the trials it already has).
+        n_trials: trials to run in total (a resumed study counts the trials it already has). ``None`` (the
+            default): as many as the run's budget buys when it has one (LM calls, tokens or seconds:
+            ``optimize(budget=...)``), else 16. A trial whose parameters an earlier trial already had
+            repeats its outcome without an LM call (:func:`autoprompt.optimizers.optuna._trial.duplicate_of`;
+            attribute ``duplicate_of``) and counts as a trial; after 10 such repeats in a row the search stops:
+            the sampler has nothing new to propose.
         max_demos: most demos per predictor (default 8: the warm start may take 8 retrieved demos, see
             ``demo_order``).
         n_demo_sets: demo sets per predictor in the pool (half labelled, half bootstrapped).
@@ -118,7 +127,7 @@ class OptunaSearch(BaseOptimizer):
 
     def __init__(
         self,
-        n_trials: int = 16,
+        n_trials: int | None = None,
         max_demos: int = 8,
         n_demo_sets: int = 4,
         n_instructions: int = 2,
@@ -294,9 +303,17 @@ class OptunaSearch(BaseOptimizer):
                 if params:
                     study.enqueue_trial(params, skip_if_exists=True)
         done = len(study.get_trials(deepcopy=False, states=finished))
-        remaining = max(0, self.n_trials - done)
-        logger.info("study %r: %d trials done, %d to run", self.study_name, done, remaining)
-        callbacks = [_stop_on_budget(context), optuna.study.MaxTrialsCallback(self.n_trials, states=finished)]
+        n_trials = self.n_trials
+        if n_trials is None:
+            budget = context.meter.budget
+            limited = any(cap is not None for cap in (budget.max_calls, budget.max_tokens, budget.max_seconds))
+            n_trials = None if limited else DEFAULT_TRIALS
+        remaining = None if n_trials is None else max(0, n_trials - done)
+        logger.info("study %r: %d trials done, %s to run", self.study_name, done,
+                    "until the budget is spent" if remaining is None else remaining)
+        callbacks = [_stop_on_budget(context), _stop_on_repeats()]
+        if n_trials is not None:
+            callbacks.append(optuna.study.MaxTrialsCallback(n_trials, states=finished))
         waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
         priored = any(cands.get("label_prior") for cands in pool["predictors"].values())
         reserve = 0
@@ -308,13 +325,13 @@ class OptunaSearch(BaseOptimizer):
             for _ in waiting if self.jobs > 1 else ():
                 # the enqueued trials alone first: two of Optuna's threads can pop the same waiting trial from
                 # SQLite, and the second then fails with "Cannot tell a COMPLETE trial"
-                if not remaining or context.meter.exhausted() is not None:
+                if remaining == 0 or context.meter.exhausted() is not None:
                     break
                 study.optimize(objective, n_trials=1, n_jobs=1, callbacks=callbacks, show_progress_bar=False)
-                remaining -= 1
-            if remaining and context.meter.exhausted() is None:
+                remaining = None if remaining is None else remaining - 1
+            if remaining != 0 and context.meter.exhausted() is None:
                 study.optimize(objective, n_trials=remaining, n_jobs=self.jobs, callbacks=callbacks,
-                               show_progress_bar=context.progress)
+                               show_progress_bar=context.progress and remaining is not None)
         return study
 
     def best_program(self, task: Any, trial_number: int | None = None) -> dspy.Module:
@@ -369,6 +386,19 @@ def select_trial(trials: list, rule: str = "one-se") -> Any:
     se = math.sqrt(max(best.value * (1.0 - best.value), 0.0) / n)
     near = [t for t in trials if t.value >= best.value - se - 1e-9 and t.user_attrs.get("examples") == n]
     return min(near, key=lambda t: (t.user_attrs.get("prompt_tokens", math.inf), -t.value, t.number))
+
+
+def _stop_on_repeats(limit: int = MAX_REPEATS):
+    """A callback that stops the study after ``limit`` trials in a row repeated earlier ones' parameters
+    (cache hits are free, so a search bounded by its budget alone would never end on a space it has covered)."""
+    def callback(study: Any, trial: Any) -> None:
+        recent = study.get_trials(deepcopy=False)[-limit:]
+        if len(recent) == limit and all("duplicate_of" in t.user_attrs for t in recent):
+            logger.warning("stopping the search: the last %d trials repeated earlier trials' parameters (the "
+                           "sampler has nothing new to propose)", limit)
+            study.stop()
+
+    return callback
 
 
 def _stop_on_budget(context: Context):

@@ -17,8 +17,8 @@ from autoprompt._vote_prior import attach_prior, prior_of
 from autoprompt.optimizers.optuna._prior import cross_fitted, fit_prior, prior_for, prior_rows
 from autoprompt.optimizers._base import Context
 
-__all__ = ["build_program", "fitted_prior", "prior_start_params", "program_of_trial", "refit_prior", "run_trial",
-           "start_params", "suggest"]
+__all__ = ["build_program", "duplicate_of", "fitted_prior", "prior_start_params", "program_of_trial", "refit_prior",
+           "run_trial", "start_params", "suggest"]
 
 logger = logging.getLogger(__name__)
 
@@ -224,6 +224,9 @@ def run_trial(trial: Any, task: Any, pool: dict, devset: list, steps: list[int],
     import optuna
 
     params, task_params = suggest(trial, task, pool, max_demos=max_demos, temperatures=temperatures)
+    original = duplicate_of(trial)
+    if original is not None:
+        return _repeat(trial, original, multi_objective=multi_objective)
     meter = context.meter.child()  # this trial's calls only, also when trials run at once (jobs > 1)
     started = time.monotonic()
     program = build_program(task, pool, params, task_params)
@@ -283,6 +286,51 @@ def run_trial(trial: Any, task: Any, pool: dict, devset: list, steps: list[int],
         raise optuna.TrialPruned()
     score = total / done
     return (score, prompt_tokens) if multi_objective else score
+
+
+#: what a trial repeating an earlier one's parameters copies from it: its score's record and what its program took
+_REPEATED_ATTRS = ("logit_bias", "label_prior", "label_prior_fit_score", "examples", "failures", "lm_errors",
+                   "prompt_tokens", "score_so_far")
+
+
+def duplicate_of(trial: Any) -> Any | None:
+    """The earliest finished trial of the study with ``trial``'s parameters (autoprompt's and the task's
+    ``search_space``), or ``None``. A trial the budget cut short is no match (it was not judged), nor is any
+    trial sampled at a temperature above 0 (its answers may differ when the LM cache is off). Optuna's samplers
+    propose such repeats (TPE the more, the narrower its search: optuna#2021); at temperature 0 the same program on the
+    same rows answers the same, so the search does not read them again."""
+    import optuna
+
+    if trial.params.get("temperature"):
+        return None
+    task_params = trial.user_attrs.get("task_params", {})
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    for other in trial.study.get_trials(deepcopy=False, states=finished):
+        if (other.number != trial.number and other.params == trial.params
+                and other.user_attrs.get("task_params", {}) == task_params
+                and not other.user_attrs.get("budget_exhausted")):
+            return other
+    return None
+
+
+def _repeat(trial: Any, original: Any, *, multi_objective: bool) -> Any:
+    """A trial with an earlier one's parameters: its record copied (``duplicate_of`` set, no LM call), and
+    its outcome too: the same score, or pruned again after the same intermediate values."""
+    import optuna
+
+    for key in _REPEATED_ATTRS:
+        if key in original.user_attrs:
+            trial.set_user_attr(key, original.user_attrs[key])
+    for key in ("lm_calls", "tokens", "seconds"):
+        trial.set_user_attr(key, 0)
+    trial.set_user_attr("duplicate_of", original.number)
+    logger.info("trial %d has trial %d's parameters: its outcome repeated, no LM call", trial.number,
+                original.number)
+    if original.state == optuna.trial.TrialState.PRUNED:
+        for step, value in sorted(original.intermediate_values.items()):
+            trial.report(value, step=step)
+        raise optuna.TrialPruned()
+    return tuple(original.values) if multi_objective else original.value
 
 
 def _run_prior_trial(trial: Any, task: Any, program: dspy.Module, named: tuple[str, Any], devset: list,
