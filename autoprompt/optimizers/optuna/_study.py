@@ -309,8 +309,8 @@ class OptunaSearch(BaseOptimizer):
             limited = any(cap is not None for cap in (budget.max_calls, budget.max_tokens, budget.max_seconds))
             n_trials = None if limited else DEFAULT_TRIALS
         remaining = None if n_trials is None else max(0, n_trials - done)
-        logger.info("study %r: %d trials done, %s to run", self.study_name, done,
-                    "until the budget is spent" if remaining is None else remaining)
+        logger.info("study %r: %d trials done, %s", self.study_name, done,
+                    "more until the budget is spent" if remaining is None else f"{remaining} to run")
         callbacks = [_stop_on_budget(context), _stop_on_repeats()]
         if n_trials is not None:
             callbacks.append(optuna.study.MaxTrialsCallback(n_trials, states=finished))
