@@ -246,6 +246,21 @@ def test_a_trial_with_an_earlier_trials_parameters_repeats_its_outcome_without_a
     trial = study.ask({**dists, "temperature": CategoricalDistribution([0.0, 0.7])})
     trial.set_user_attr("task_params", {})
     assert duplicate_of(trial) is None
+    study.tell(trial, 0.5)
+
+    # the same program under other parameters: 6 demos of a fixed set of 3 are its 3
+    pool = {"predictors": {"self": {"demo_sets": [[{}] * 8, [{}] * 3]}}}
+    dists["self.demo_set"] = CategoricalDistribution([0, 1])
+    study.add_trial(optuna.trial.create_trial(
+        params={"self.instruction": 0, "self.n_demos": 3, "self.demo_set": 1}, distributions=dists, value=0.8,
+        user_attrs={"task_params": {}}))
+    for n_demos, demo_set, repeats in ((6, 1, True), (6, 0, False), (2, 1, False)):
+        study.enqueue_trial({"self.instruction": 0, "self.n_demos": n_demos, "self.demo_set": demo_set})
+        trial = study.ask(dists)
+        trial.set_user_attr("task_params", {})
+        assert (duplicate_of(trial, pool) is not None) == repeats, (n_demos, demo_set)
+        assert duplicate_of(trial) is None  # without the pool: parameters only
+        study.tell(trial, 0.5)
 
 
 def test_under_a_budget_the_search_runs_until_the_sampler_only_repeats(small_task, lm, tmp_path, caplog):

@@ -38,8 +38,8 @@ class OptunaSearch(BaseOptimizer):
     Args:
         n_trials: trials to run in total (a resumed study counts the trials it already has). ``None`` (the
             default): as many as the run's budget buys when it has one (LM calls, tokens or seconds:
-            ``optimize(budget=...)``), else 16. A trial whose parameters an earlier trial already had
-            repeats its outcome without an LM call (:func:`autoprompt.optimizers.optuna._trial.duplicate_of`;
+            ``optimize(budget=...)``), else 16. A trial whose program an earlier trial already had (the same
+            parameters; a fixed demo set's ``n_demos`` counted up to the set's size) repeats its outcome without an LM call (:func:`autoprompt.optimizers.optuna._trial.duplicate_of`;
             attribute ``duplicate_of``) and counts as a trial; after 10 such repeats in a row the search stops:
             the sampler has nothing new to propose.
         max_demos: most demos per predictor (default 8: the warm start may take 8 retrieved demos, see

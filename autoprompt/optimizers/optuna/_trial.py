@@ -224,7 +224,7 @@ def run_trial(trial: Any, task: Any, pool: dict, devset: list, steps: list[int],
     import optuna
 
     params, task_params = suggest(trial, task, pool, max_demos=max_demos, temperatures=temperatures)
-    original = duplicate_of(trial)
+    original = duplicate_of(trial, pool)
     if original is not None:
         return _repeat(trial, original, multi_objective=multi_objective)
     meter = context.meter.child()  # this trial's calls only, also when trials run at once (jobs > 1)
@@ -293,24 +293,36 @@ _REPEATED_ATTRS = ("logit_bias", "label_prior", "label_prior_fit_score", "exampl
                    "prompt_tokens", "score_so_far")
 
 
-def duplicate_of(trial: Any) -> Any | None:
-    """The earliest finished trial of the study with ``trial``'s parameters (autoprompt's and the task's
-    ``search_space``), or ``None``. A trial the budget cut short is no match (it was not judged), nor is any
-    trial sampled at a temperature above 0 (its answers may differ when the LM cache is off). Optuna's samplers
-    propose such repeats (TPE the more, the narrower its search: optuna#2021); at temperature 0 the same program on the
-    same rows answers the same, so the search does not read them again."""
+def duplicate_of(trial: Any, pool: dict | None = None) -> Any | None:
+    """The earliest finished trial of the study whose program is ``trial``'s: the same parameters (autoprompt's
+    and the task's ``search_space``; with ``pool``, a fixed demo set's ``n_demos`` counted up to the set's size,
+    so 8 demos of a set of 6 are its 6), or ``None``. A trial the budget cut short is no match (it was not
+    judged), nor is any trial sampled at a temperature above 0 (its answers may differ when the LM cache is
+    off). Optuna's samplers propose such repeats (TPE the more, the narrower its search: optuna#2021); at
+    temperature 0 the same program on the same rows answers the same, so the search does not read them again."""
     import optuna
 
     if trial.params.get("temperature"):
         return None
+    key = _program_key(trial.params, pool)
     task_params = trial.user_attrs.get("task_params", {})
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     for other in trial.study.get_trials(deepcopy=False, states=finished):
-        if (other.number != trial.number and other.params == trial.params
+        if (other.number != trial.number and _program_key(other.params, pool) == key
                 and other.user_attrs.get("task_params", {}) == task_params
                 and not other.user_attrs.get("budget_exhausted")):
             return other
     return None
+
+
+def _program_key(params: dict[str, Any], pool: dict | None) -> dict[str, Any]:
+    """``params`` with each fixed demo set's ``n_demos`` cut to the set's size (what :func:`build_program` takes)."""
+    key = dict(params)
+    for name, cands in (pool or {}).get("predictors", {}).items():
+        n_demos = key.get(f"{name}.n_demos")
+        if n_demos and not key.get(f"{name}.retrieve") and cands.get("demo_sets"):
+            key[f"{name}.n_demos"] = min(n_demos, len(cands["demo_sets"][key.get(f"{name}.demo_set", 0)]))
+    return key
 
 
 def _repeat(trial: Any, original: Any, *, multi_objective: bool) -> Any:
