@@ -83,7 +83,7 @@ def serve_dashboard(run_dir: str | Path, *, host: str = "127.0.0.1", port: int =
 
 def trial_rows(study: Any) -> list[dict[str, Any]]:
     """One dict per trial: number, state, params, value(s), what it cost, and the trial it repeated
-    (``repeat_of``: an earlier trial with the same parameters, whose outcome it took without an LM call)."""
+    (``repeat_of``: an earlier trial with the same program, whose outcome it took without an LM call)."""
     rows = []
     for t in study.trials:
         attrs = t.user_attrs

@@ -282,7 +282,7 @@ def test_under_a_budget_the_search_runs_until_the_sampler_only_repeats(small_tas
     assert all(t.user_attrs["duplicate_of"] == 0 and t.user_attrs["lm_calls"] == 0 for t in trials[1:])
     assert all(t.value == trials[0].value for t in trials)
     assert result.optimizer.best_trial_ == 0
-    assert "until the budget is spent" in caplog.text and "repeated earlier trials' parameters" in caplog.text
+    assert "until the budget is spent" in caplog.text and "repeated earlier trials' programs" in caplog.text
     report = subprocess.run(autoprompt_cmd("report", tmp_path / "run"), capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr
     assert report.stdout.count("COMPLETE (= 0)") == 10

@@ -39,9 +39,10 @@ class OptunaSearch(BaseOptimizer):
         n_trials: trials to run in total (a resumed study counts the trials it already has). ``None`` (the
             default): as many as the run's budget buys when it has one (LM calls, tokens or seconds:
             ``optimize(budget=...)``), else 16. A trial whose program an earlier trial already had (the same
-            parameters; a fixed demo set's ``n_demos`` counted up to the set's size) repeats its outcome without an LM call (:func:`autoprompt.optimizers.optuna._trial.duplicate_of`;
-            attribute ``duplicate_of``) and counts as a trial; after 10 such repeats in a row the search stops:
-            the sampler has nothing new to propose.
+            parameters; a fixed demo set's ``n_demos`` counted up to the set's size) repeats its outcome
+            without an LM call (:func:`autoprompt.optimizers.optuna._trial.duplicate_of`; attribute
+            ``duplicate_of``) and counts as a trial; after 10 such repeats in a row the search stops: the
+            sampler has nothing new to propose.
         max_demos: most demos per predictor (default 8: the warm start may take 8 retrieved demos, see
             ``demo_order``).
         n_demo_sets: demo sets per predictor in the pool (half labelled, half bootstrapped).
@@ -389,12 +390,12 @@ def select_trial(trials: list, rule: str = "one-se") -> Any:
 
 
 def _stop_on_repeats(limit: int = MAX_REPEATS):
-    """A callback that stops the study after ``limit`` trials in a row repeated earlier ones' parameters
+    """A callback that stops the study after ``limit`` trials in a row repeated earlier ones' programs
     (cache hits are free, so a search bounded by its budget alone would never end on a space it has covered)."""
     def callback(study: Any, trial: Any) -> None:
         recent = study.get_trials(deepcopy=False)[-limit:]
         if len(recent) == limit and all("duplicate_of" in t.user_attrs for t in recent):
-            logger.warning("stopping the search: the last %d trials repeated earlier trials' parameters (the "
+            logger.warning("stopping the search: the last %d trials repeated earlier trials' programs (the "
                            "sampler has nothing new to propose)", limit)
             study.stop()
 

@@ -288,7 +288,7 @@ def run_trial(trial: Any, task: Any, pool: dict, devset: list, steps: list[int],
     return (score, prompt_tokens) if multi_objective else score
 
 
-#: what a trial repeating an earlier one's parameters copies from it: its score's record and what its program took
+#: what a trial repeating an earlier one's program copies from it: its score's record and what its program took
 _REPEATED_ATTRS = ("logit_bias", "label_prior", "label_prior_fit_score", "examples", "failures", "lm_errors",
                    "prompt_tokens", "score_so_far")
 
@@ -326,8 +326,8 @@ def _program_key(params: dict[str, Any], pool: dict | None) -> dict[str, Any]:
 
 
 def _repeat(trial: Any, original: Any, *, multi_objective: bool) -> Any:
-    """A trial with an earlier one's parameters: its record copied (``duplicate_of`` set, no LM call), and
-    its outcome too: the same score, or pruned again after the same intermediate values."""
+    """A trial with an earlier one's program: its record copied (``duplicate_of`` set, no LM call), and its
+    outcome too: the same score, or pruned again after the same intermediate values."""
     import optuna
 
     for key in _REPEATED_ATTRS:
@@ -336,8 +336,7 @@ def _repeat(trial: Any, original: Any, *, multi_objective: bool) -> Any:
     for key in ("lm_calls", "tokens", "seconds"):
         trial.set_user_attr(key, 0)
     trial.set_user_attr("duplicate_of", original.number)
-    logger.info("trial %d has trial %d's parameters: its outcome repeated, no LM call", trial.number,
-                original.number)
+    logger.info("trial %d has trial %d's program: its outcome repeated, no LM call", trial.number, original.number)
     if original.state == optuna.trial.TrialState.PRUNED:
         for step, value in sorted(original.intermediate_values.items()):
             trial.report(value, step=step)
