@@ -1,0 +1,183 @@
+"""Which trial should the search return? The select rules scored on held-out dev rows (issue 9).
+
+``OptunaSearch(select=)`` chooses among a finished study's complete trials by their scores on the search's dev
+rows: ``"best"`` the best score, ``"one-se"`` the shortest prompt within one standard error of it. Deciding
+between the rules on the test rows of ``benchmarks/optimizers.py`` would fit the test set, so this script scores
+the trials of that benchmark's default cells (``optuna``) on **held-out dev rows**: rows of the task's dev split
+that no cell read (SST-2: the 236 of 436 dev rows outside the benchmark's 200-row sample; Banking77: a seeded,
+label-stratified 154-row sample, 2 per label, of the 346 dev rows outside its 154-row sample). Each trial's
+program is rebuilt from its cell's study (``program_of_trial``: the parameters, calibration and the label prior
+the trial fitted) and scored once; a repeat is its original's program.
+
+``--trials all`` scores every complete trial (what a rule could pick, and the best a rule could do: the
+held-out oracle); ``--trials picks`` only the trials the rules pick (Banking77: ~5 s per row and program here).
+One JSON per trial under ``benchmarks/results/select_rules/<task>/c<calls>/s<seed>/t<trial>.json`` as it
+finishes (a rerun skips it); ``--report`` writes ``benchmarks/results/select_rules.md``. All evaluations share one
+LM cache (``benchmarks/runs/select_rules-cache``): these are accuracy figures, no cost is claimed, and a program
+two cells share is scored once. Run in a checkout whose ``benchmarks/runs/optimizers`` holds the cells' runs:
+
+    python benchmarks/select_rules.py --task sentiment --calls 600 300 --trials all
+    python benchmarks/select_rules.py --task banking77 --calls 600 300 --trials picks
+    python benchmarks/select_rules.py --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+from _common import code_version, write_markdown  # noqa: E402
+
+import dspy  # noqa: E402
+
+import autoprompt  # noqa: E402
+from autoprompt._parallel import lm_concurrency, ordered_map  # noqa: E402
+from autoprompt.evaluate import run_one  # noqa: E402
+from autoprompt.lms import build_lm  # noqa: E402
+from autoprompt.store import atomic_write, dump_json  # noqa: E402
+from autoprompt.task import stratified_sample  # noqa: E402
+
+CELLS = HERE / "results" / "optimizers"
+OUT = HERE / "results" / "select_rules"
+CACHE = HERE / "runs" / "select_rules-cache"
+RULES = ("best", "one-se")
+#: held-out rows per task (None: every dev row outside the benchmark's sample)
+HELD_OUT = {"sentiment": None, "banking77": 154}
+logger = logging.getLogger("benchmarks.select_rules")
+
+
+def held_out(task: Any, cell: dict[str, Any]) -> list[dspy.Example]:
+    """The task's dev rows the cell did not read (outside its seeded ``dev_limit`` sample), sampled as ``HELD_OUT``."""
+    read = {json.dumps(ex.toDict(), sort_keys=True, default=str)
+            for ex in task.examples("dev", limit=cell["settings"]["dev_limit"])}
+    rest = [ex for ex in task.examples("dev") if json.dumps(ex.toDict(), sort_keys=True, default=str) not in read]
+    n = HELD_OUT[cell["task"]]
+    if n and n < len(rest):
+        rest = stratified_sample(rest, n, seed=0, key=lambda ex: str(ex[task.label_field]))
+    return rest
+
+
+def _study(cell: dict[str, Any]) -> Any:
+    import optuna
+
+    run_dir = ROOT / cell["run_dir"]
+    return optuna.load_study(study_name="autoprompt", storage=f"sqlite:///{run_dir / 'study.db'}")
+
+
+def _complete(study: Any) -> list:
+    return [t for t in study.trials if t.state.name == "COMPLETE"]
+
+
+def _original(study: Any, trial: Any) -> Any:
+    while "duplicate_of" in trial.user_attrs:
+        trial = study.trials[trial.user_attrs["duplicate_of"]]
+    return trial
+
+
+def score_trials(path: Path, cell: dict[str, Any], which: str) -> None:
+    from autoprompt.optimizers.optuna import program_of_trial, select_trial
+
+    study = _study(cell)
+    complete = _complete(study)
+    if not complete:
+        return
+    wanted = complete if which == "all" else [select_trial(complete, rule) for rule in RULES]
+    originals = sorted({_original(study, t).number for t in wanted})
+    task = autoprompt.load_task(str(ROOT / "tasks" / f"{cell['task']}.py"))
+    rows = held_out(task, cell)
+    folder = OUT / cell["task"] / f"c{cell['calls']}" / f"s{cell['seed']}"
+    for number in originals:
+        target = folder / f"t{number}.json"
+        if target.exists():
+            continue
+        trial = study.trials[number]
+        program, _ = program_of_trial(study, task, number)
+        started = time.monotonic()
+        answers = ordered_map(lambda ex: run_one(program, ex), rows, lm_concurrency())
+        scores = [float(task.score(ex, pred)) for ex, (pred, _failure) in zip(rows, answers)]
+        result = {"task": cell["task"], "calls": cell["calls"], "seed": cell["seed"], "trial": number,
+                  "params": trial.params, "search_value": trial.value, "search_rows": trial.user_attrs.get("examples"),
+                  "prompt_tokens": trial.user_attrs.get("prompt_tokens"), "held_out": statistics.mean(scores),
+                  "held_out_n": len(scores), "held_out_scores": scores, "seconds": round(time.monotonic() - started, 1),
+                  "cell": str(path.relative_to(HERE)), "cell_code": cell["code"], "code": code_version(),
+                  "cache": "one LM cache shared by every trial of this script (accuracy only)"}
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(target, dump_json(result))
+        print(f"{cell['task']} c{cell['calls']} s{cell['seed']} trial {number}: search {100 * trial.value:.1f}, "
+              f"held-out {100 * result['held_out']:.1f} ({result['seconds']:.0f} s)", flush=True)
+
+
+def report() -> str:
+    from autoprompt.optimizers.optuna import select_trial
+
+    rows: list[list[str]] = []
+    means: dict[tuple[str, int], dict[str, list[float]]] = {}
+    for path in sorted(CELLS.glob("*/c*/optuna/s*.json")):
+        cell = json.loads(path.read_text())
+        folder = OUT / cell["task"] / f"c{cell['calls']}" / f"s{cell['seed']}"
+        if not folder.is_dir():
+            continue
+        scored = {json.loads(p.read_text())["trial"]: json.loads(p.read_text()) for p in folder.glob("t*.json")}
+        study = _study(cell)
+        complete = _complete(study)
+        picks = {rule: _original(study, select_trial(complete, rule)).number for rule in RULES}
+        if any(p not in scored for p in picks.values()):
+            continue
+        group = means.setdefault((cell["task"], cell["calls"]), {k: [] for k in (*RULES, "oracle")})
+        for rule in RULES:
+            group[rule].append(scored[picks[rule]]["held_out"])
+        every = all(_original(study, t).number in scored for t in complete)
+        oracle = max(scored.values(), key=lambda r: r["held_out"]) if every else None
+        if oracle:
+            group["oracle"].append(oracle["held_out"])
+        pick = lambda n: f"t{n}: {100 * scored[n]['search_value']:.1f} / {100 * scored[n]['held_out']:.1f}"  # noqa: E731
+        rows.append([cell["task"], str(cell["calls"]), str(cell["seed"]), str(len(complete)),
+                     str(scored[picks['best']]['held_out_n']), pick(picks["best"]), pick(picks["one-se"]),
+                     pick(oracle["trial"]) if oracle else "(not every trial scored)"])
+    summary = []
+    for (task, calls), group in sorted(means.items()):
+        parts = [f"{rule} {100 * statistics.mean(v):.1f}" for rule, v in group.items() if v]
+        summary.append(f"- {task} at {calls} calls, held-out mean over {len(group['best'])} seeds: " + ", ".join(parts))
+    notes = ("Each row: one default cell (`optuna`) of `benchmarks/optimizers.py`; its complete trials rebuilt and "
+             "scored on held-out dev rows no cell read (SST-2: 236 rows; Banking77: 154, 2 per label). Each pick: "
+             "trial number, score on the search's dev rows / held-out score (%). Oracle: the trial with the best "
+             "held-out score (only when every complete trial was scored). One shared LM cache (accuracy only).\n\n"
+             + "\n".join(summary))
+    return write_markdown(HERE / "results" / "select_rules.md", "The select rules on held-out dev rows", notes,
+                          ["task", "calls", "seed", "complete trials", "held-out rows", "best", "one-se",
+                           "held-out oracle"], rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=sorted(HELD_OUT), default="sentiment")
+    parser.add_argument("--calls", type=int, nargs="+", default=[600])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--trials", choices=("all", "picks"), default="all")
+    parser.add_argument("--report", action="store_true", help="only write the table from the scored trials")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    if not args.report:
+        autoprompt.configure_cache(CACHE)
+        with dspy.context(lm=build_lm("local"), adapter=autoprompt.CompactJSONAdapter()):
+            for calls in args.calls:
+                for seed in args.seeds:
+                    path = CELLS / args.task / f"c{calls}" / "optuna" / f"s{seed}.json"
+                    if path.is_file():
+                        score_trials(path, json.loads(path.read_text()), args.trials)
+    print(report())
+
+
+if __name__ == "__main__":
+    main()
