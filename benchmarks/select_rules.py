@@ -1,16 +1,18 @@
 """Which trial should the search return? The select rules scored on held-out dev rows (issue 9).
 
 ``OptunaSearch(select=)`` chooses among a finished study's complete trials by their scores on the search's dev
-rows: ``"best"`` the best score, ``"one-se"`` the shortest prompt within one standard error of it. Deciding
-between the rules on the test rows of ``benchmarks/optimizers.py`` would fit the test set, so this script scores
-the trials of that benchmark's default cells (``optuna``) on **held-out dev rows**: rows of the task's dev split
-that no cell read (SST-2: the 236 of 436 dev rows outside the benchmark's 200-row sample; Banking77: a seeded,
+rows: ``"best"`` the best score, ``"one-se"`` the shortest prompt within one standard error of it,
+``"incumbent"`` the best of the search's warm starts unless a trial beats it by more than one standard error.
+Deciding between the rules on the test rows of ``benchmarks/optimizers.py`` would fit the test set, so this script
+scores the trials of that benchmark's default cells (``optuna``) on **held-out dev rows**: rows of the task's dev
+split that no cell read (SST-2: the 236 of 436 dev rows outside the benchmark's 200-row sample; Banking77: a seeded,
 label-stratified 154-row sample, 2 per label, of the 346 dev rows outside its 154-row sample). Each trial's
 program is rebuilt from its cell's study (``program_of_trial``: the parameters, calibration and the label prior
 the trial fitted) and scored once; a repeat is its original's program.
 
 ``--trials all`` scores every complete trial (what a rule could pick, and the best a rule could do: the
-held-out oracle); ``--trials picks`` only the trials the rules pick (Banking77: ~5 s per row and program here).
+held-out oracle); ``--trials picks`` only the trials the rules pick. ``--test`` also scores each rule's pick on
+the cell's test rows: for the confirmation seeds (3-5), which ran after ``incumbent`` was written.
 One JSON per trial under ``benchmarks/results/select_rules/<task>/c<calls>/s<seed>/t<trial>.json`` as it
 finishes (a rerun skips it); ``--report`` writes ``benchmarks/results/select_rules.md``. All evaluations share one
 LM cache (``benchmarks/runs/select_rules-cache``): these are accuracy figures, no cost is claimed, and a program
@@ -18,6 +20,7 @@ two cells share is scored once. Run in a checkout whose ``benchmarks/runs/optimi
 
     python benchmarks/select_rules.py --task sentiment --calls 600 300 --trials all
     python benchmarks/select_rules.py --task banking77 --calls 600 300 --trials picks
+    python benchmarks/select_rules.py --task sentiment --calls 600 --seeds 3 4 5 --trials all --test
     python benchmarks/select_rules.py --report
 """
 
@@ -51,7 +54,10 @@ from autoprompt.task import stratified_sample  # noqa: E402
 CELLS = HERE / "results" / "optimizers"
 OUT = HERE / "results" / "select_rules"
 CACHE = HERE / "runs" / "select_rules-cache"
-RULES = ("best", "one-se")
+RULES = ("best", "one-se", "incumbent")
+#: the seeds that ran after the incumbent rule was written (seeds 0-2's held-out scores, and the test scores of
+#: their best and one-se picks, were known when it was): its confirmation
+CONFIRMATION_SEEDS = (3, 4, 5)
 #: held-out rows per task (None: every dev row outside the benchmark's sample)
 HELD_OUT = {"sentiment": None, "banking77": 154}
 logger = logging.getLogger("benchmarks.select_rules")
@@ -85,27 +91,30 @@ def _original(study: Any, trial: Any) -> Any:
     return trial
 
 
-def score_trials(path: Path, cell: dict[str, Any], which: str) -> None:
+def score_trials(path: Path, cell: dict[str, Any], which: str, test: bool = False) -> None:
     from autoprompt.optimizers.optuna import program_of_trial, select_trial
 
     study = _study(cell)
     complete = _complete(study)
     if not complete:
         return
-    wanted = complete if which == "all" else [select_trial(complete, rule) for rule in RULES]
+    picks = [select_trial(complete, rule) for rule in RULES]
+    wanted = complete if which == "all" else picks
     originals = sorted({_original(study, t).number for t in wanted})
+    test_picks = {_original(study, t).number for t in picks} if test else set()
     task = autoprompt.load_task(str(ROOT / "tasks" / f"{cell['task']}.py"))
     rows = held_out(task, cell)
     folder = OUT / cell["task"] / f"c{cell['calls']}" / f"s{cell['seed']}"
     for number in originals:
         target = folder / f"t{number}.json"
         if target.exists():
+            if number in test_picks and "test" not in json.loads(target.read_text()):
+                _score_test(target, study, task, cell)
             continue
         trial = study.trials[number]
         program, _ = program_of_trial(study, task, number)
         started = time.monotonic()
-        answers = ordered_map(lambda ex: run_one(program, ex), rows, lm_concurrency())
-        scores = [float(task.score(ex, pred)) for ex, (pred, _failure) in zip(rows, answers)]
+        scores = _scores(program, task, rows)
         result = {"task": cell["task"], "calls": cell["calls"], "seed": cell["seed"], "trial": number,
                   "params": trial.params, "search_value": trial.value, "search_rows": trial.user_attrs.get("examples"),
                   "prompt_tokens": trial.user_attrs.get("prompt_tokens"), "held_out": statistics.mean(scores),
@@ -116,46 +125,80 @@ def score_trials(path: Path, cell: dict[str, Any], which: str) -> None:
         atomic_write(target, dump_json(result))
         print(f"{cell['task']} c{cell['calls']} s{cell['seed']} trial {number}: search {100 * trial.value:.1f}, "
               f"held-out {100 * result['held_out']:.1f} ({result['seconds']:.0f} s)", flush=True)
+        if number in test_picks:
+            _score_test(target, study, task, cell)
+
+
+def _scores(program: dspy.Module, task: Any, rows: list) -> list[float]:
+    answers = ordered_map(lambda ex: run_one(program, ex), rows, lm_concurrency())
+    return [float(task.score(ex, pred)) for ex, (pred, _failure) in zip(rows, answers)]
+
+
+def _score_test(target: Path, study: Any, task: Any, cell: dict[str, Any]) -> None:
+    """Add the trial's scores on the cell's test rows to its record (the confirmation seeds' picks)."""
+    from autoprompt.optimizers.optuna import program_of_trial
+
+    result = json.loads(target.read_text())
+    program, _ = program_of_trial(study, task, result["trial"])
+    scores = _scores(program, task, task.examples("test", limit=cell["settings"]["test_limit"]))
+    result.update(test=statistics.mean(scores), test_n=len(scores), test_scores=scores)
+    atomic_write(target, dump_json(result))
+    print(f"{cell['task']} c{cell['calls']} s{cell['seed']} trial {result['trial']}: test {100 * result['test']:.1f}",
+          flush=True)
 
 
 def report() -> str:
     from autoprompt.optimizers.optuna import select_trial
 
     rows: list[list[str]] = []
-    means: dict[tuple[str, int], dict[str, list[float]]] = {}
+    means: dict[tuple[str, int, str], dict[str, list[float]]] = {}
     for path in sorted(CELLS.glob("*/c*/optuna/s*.json")):
         cell = json.loads(path.read_text())
         folder = OUT / cell["task"] / f"c{cell['calls']}" / f"s{cell['seed']}"
         if not folder.is_dir():
             continue
-        scored = {json.loads(p.read_text())["trial"]: json.loads(p.read_text()) for p in folder.glob("t*.json")}
+        scored = {r["trial"]: r for r in (json.loads(p.read_text()) for p in folder.glob("t*.json"))}
         study = _study(cell)
         complete = _complete(study)
         picks = {rule: _original(study, select_trial(complete, rule)).number for rule in RULES}
         if any(p not in scored for p in picks.values()):
             continue
-        group = means.setdefault((cell["task"], cell["calls"]), {k: [] for k in (*RULES, "oracle")})
+        seeds = "confirmation" if cell["seed"] in CONFIRMATION_SEEDS else "0-2"
+        group = means.setdefault((cell["task"], cell["calls"], seeds), {})
         for rule in RULES:
-            group[rule].append(scored[picks[rule]]["held_out"])
+            group.setdefault(rule, []).append(scored[picks[rule]]["held_out"])
+            if "test" in scored[picks[rule]]:
+                group.setdefault(f"{rule} (test)", []).append(scored[picks[rule]]["test"])
         every = all(_original(study, t).number in scored for t in complete)
         oracle = max(scored.values(), key=lambda r: r["held_out"]) if every else None
         if oracle:
-            group["oracle"].append(oracle["held_out"])
-        pick = lambda n: f"t{n}: {100 * scored[n]['search_value']:.1f} / {100 * scored[n]['held_out']:.1f}"  # noqa: E731
+            group.setdefault("oracle", []).append(oracle["held_out"])
+
+        def pick(n: int) -> str:
+            r = scored[n]
+            return (f"t{n}: {100 * r['search_value']:.1f} / {100 * r['held_out']:.1f}"
+                    + (f" / {100 * r['test']:.1f}" if "test" in r else ""))
+
         rows.append([cell["task"], str(cell["calls"]), str(cell["seed"]), str(len(complete)),
-                     str(scored[picks['best']]['held_out_n']), pick(picks["best"]), pick(picks["one-se"]),
+                     str(scored[picks["best"]]["held_out_n"]), *(pick(picks[rule]) for rule in RULES),
                      pick(oracle["trial"]) if oracle else "(not every trial scored)"])
     summary = []
-    for (task, calls), group in sorted(means.items()):
-        parts = [f"{rule} {100 * statistics.mean(v):.1f}" for rule, v in group.items() if v]
-        summary.append(f"- {task} at {calls} calls, held-out mean over {len(group['best'])} seeds: " + ", ".join(parts))
+    for (task, calls, seeds), group in sorted(means.items()):
+        n = len(group["best"])
+        parts = [f"{rule} {100 * statistics.mean(v):.1f}" for rule, v in group.items() if len(v) == n]
+        summary.append(f"- {task} at {calls} calls, seeds {seeds} ({n}), mean held-out % (test % where scored): "
+                       + ", ".join(parts))
     notes = ("Each row: one default cell (`optuna`) of `benchmarks/optimizers.py`; its complete trials rebuilt and "
              "scored on held-out dev rows no cell read (SST-2: 236 rows; Banking77: 154, 2 per label). Each pick: "
-             "trial number, score on the search's dev rows / held-out score (%). Oracle: the trial with the best "
-             "held-out score (only when every complete trial was scored). One shared LM cache (accuracy only).\n\n"
-             + "\n".join(summary))
+             "trial number, score on the search's dev rows / held-out score (%) / test score (%, the confirmation "
+             "seeds' picks only). Oracle: the trial with the best held-out score (only when every complete trial was "
+             "scored). One shared LM cache (accuracy only). The rules: `best` the best search score, `one-se` the "
+             "shortest prompt within one standard error of it, `incumbent` the best warm start unless a trial beats "
+             f"it by more than one standard error. `incumbent` was written after seeds 0-2's held-out scores (and "
+             f"the test scores of their best and one-se picks) were known; seeds {list(CONFIRMATION_SEEDS)} ran "
+             "after it was fixed: its confirmation.\n\n" + "\n".join(summary))
     return write_markdown(HERE / "results" / "select_rules.md", "The select rules on held-out dev rows", notes,
-                          ["task", "calls", "seed", "complete trials", "held-out rows", "best", "one-se",
+                          ["task", "calls", "seed", "complete trials", "held-out rows", *RULES,
                            "held-out oracle"], rows)
 
 
@@ -165,6 +208,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, nargs="+", default=[600])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--trials", choices=("all", "picks"), default="all")
+    parser.add_argument("--test", action="store_true", help="also score each rule's pick on the cell's test rows")
     parser.add_argument("--report", action="store_true", help="only write the table from the scored trials")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
@@ -175,7 +219,7 @@ def main() -> None:
                 for seed in args.seeds:
                     path = CELLS / args.task / f"c{calls}" / "optuna" / f"s{seed}.json"
                     if path.is_file():
-                        score_trials(path, json.loads(path.read_text()), args.trials)
+                        score_trials(path, json.loads(path.read_text()), args.trials, args.test)
     print(report())
 
 
