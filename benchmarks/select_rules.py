@@ -10,6 +10,10 @@ label-stratified 154-row sample, 2 per label, of the 346 dev rows outside its 15
 program is rebuilt from its cell's study (``program_of_trial``: the parameters, calibration and the label prior
 the trial fitted) and scored once; a repeat is its original's program.
 
+The decision, fixed before seeds 3-5 ran (commit b6754d2's successor): the default becomes the rule whose picks
+score best on the held-out rows of seeds 3-5 at 600 calls, averaged over the two tasks' means (a tie keeps
+``one-se``, the default then); their test scores are reported, not used.
+
 ``--trials all`` scores every complete trial (what a rule could pick, and the best a rule could do: the
 held-out oracle); ``--trials picks`` only the trials the rules pick. ``--test`` also scores each rule's pick on
 the cell's test rows: for the confirmation seeds (3-5), which ran after ``incumbent`` was written.
