@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 #: the values of ``OptunaSearch(demo_order=)``
 DEMO_ORDERS = (*ORDERS, "search")
 #: the values of ``OptunaSearch(select=)``
-SELECT_RULES = ("one-se", "best", "incumbent")
+SELECT_RULES = ("one-se", "best")
 #: trials a search runs when neither ``n_trials`` nor a budget says how many
 DEFAULT_TRIALS = 16
 #: repeated trials in a row after which a search stops (:func:`_stop_on_repeats`)
@@ -99,11 +99,8 @@ class OptunaSearch(BaseOptimizer):
             and the best-scoring one is then the luckiest; among them the shortest prompt is the cheapest to
             serve. Measured on SST-2 at 600 calls (the same search either way): test 79.1, 74.8, 78.7% against
             76.8, 77.8, 78.0 returning the best, the same mean with shorter prompts
-            (``benchmarks/results/optimizers.md``, README *Measured*). ``"incumbent"``: the best of the search's
-            warm starts (the trials it enqueued) unless a trial beats it by more than one standard error, then the
-            best-scoring trial: the warm starts are configurations measured on every shipped task, so a rival must
-            beat one by more than the noise (``benchmarks/results/select_rules.md``). Multi-objective searches
-            keep their Pareto front.
+            (``benchmarks/results/optimizers.md``, README *Measured*). Multi-objective searches keep their
+            Pareto front.
         warm_start: a new study's first trial is the configuration the moves benchmark found best on
             every shipped task (per-input demos ordered by vote, 4 or 8 of them, whichever count's
             neighbour vote scores best on the dev rows (no LM call), the task's own instruction,
@@ -355,11 +352,10 @@ class OptunaSearch(BaseOptimizer):
             trial = select_trial(complete, self.select)
             if trial.number != study.best_trial.number:
                 best = study.best_trial
-                why = ("a warm start, not beaten by more than one standard error" if self.select == "incumbent"
-                       else "within one standard error of it, and a shorter prompt")
                 logger.info("trial %d chosen (score %.3f, %s prompt tokens) over the best-scoring trial %d (%.3f, %s "
-                            "tokens): %s", trial.number, trial.value, trial.user_attrs.get("prompt_tokens"),
-                            best.number, best.value, best.user_attrs.get("prompt_tokens"), why)
+                            "tokens): within one standard error of it, and a shorter prompt", trial.number,
+                            trial.value, trial.user_attrs.get("prompt_tokens"), best.number, best.value,
+                            best.user_attrs.get("prompt_tokens"))
         self.best_trial_ = trial.number
         self.task_params_ = trial.user_attrs.get("task_params", {})
         return build_program(task, self.pool_, trial.params, self.task_params_, trial.user_attrs.get("logit_bias"),
@@ -371,43 +367,26 @@ def select_trial(trials: list, rule: str = "one-se") -> Any:
     (the earliest of equals, as Optuna's ``best_trial``); ``"one-se"``, the one-standard-error rule (Breiman et
     al. 1984; Hastie et al., *The Elements of Statistical Learning*, 7.10): among the trials scored on as many
     rows as the best one and within one standard error of its score, the one with the shortest prompt
-    (``prompt_tokens``; ties to the better score, then the earlier trial); ``"incumbent"``: the best of the
-    trials the search enqueued (its warm starts: Optuna's ``fixed_params``) unless a trial scored on as many rows
-    beats it by more than one standard error, then the best-scoring trial. The standard error is
-    ``sqrt(v (1 - v) / n)`` of the reference score ``v`` on its ``n`` rows (the best's for one-se, the
-    incumbent's for incumbent): exact for 0/1 scores, an upper bound for any score in [0, 1].
+    (``prompt_tokens``; ties to the better score, then the earlier trial). The standard error is the best
+    score's ``sqrt(v (1 - v) / n)``: exact for 0/1 scores, an upper bound for any score in [0, 1].
 
     Example:
         >>> from types import SimpleNamespace as T
-        >>> trials = [T(number=0, value=0.84, user_attrs={"examples": 100, "prompt_tokens": 467}, system_attrs={}),
-        ...           T(number=1, value=0.83, user_attrs={"examples": 100, "prompt_tokens": 389}, system_attrs={}),
-        ...           T(number=2, value=0.80, user_attrs={"examples": 100, "prompt_tokens": 500},
-        ...             system_attrs={"fixed_params": {}})]
-        >>> [select_trial(trials, rule).number for rule in ("best", "one-se", "incumbent")]
-        [0, 1, 2]
+        >>> trials = [T(number=0, value=0.84, user_attrs={"examples": 100, "prompt_tokens": 467}),
+        ...           T(number=1, value=0.83, user_attrs={"examples": 100, "prompt_tokens": 389}),
+        ...           T(number=2, value=0.70, user_attrs={"examples": 100, "prompt_tokens": 200})]
+        >>> select_trial(trials, "best").number, select_trial(trials, "one-se").number
+        (0, 1)
     """
     if rule not in SELECT_RULES:
         raise ValueError(f"rule must be one of {list(SELECT_RULES)}, got {rule!r}")
     best = max(trials, key=lambda t: (t.value, -t.number))
-    if rule == "incumbent":
-        enqueued = [t for t in trials if "fixed_params" in (getattr(t, "system_attrs", None) or {})]
-        if not enqueued:
-            return best
-        incumbent = max(enqueued, key=lambda t: (t.value, -t.number))
-        n = incumbent.user_attrs.get("examples") or 0
-        rival = max((t for t in trials if t.user_attrs.get("examples") == n), key=lambda t: (t.value, -t.number))
-        return rival if rival.value > incumbent.value + _standard_error(incumbent.value, n) + 1e-9 else incumbent
     n = best.user_attrs.get("examples") or 0
     if rule == "best" or n <= 0:
         return best
-    se = _standard_error(best.value, n)
+    se = math.sqrt(max(best.value * (1.0 - best.value), 0.0) / n)
     near = [t for t in trials if t.value >= best.value - se - 1e-9 and t.user_attrs.get("examples") == n]
     return min(near, key=lambda t: (t.user_attrs.get("prompt_tokens", math.inf), -t.value, t.number))
-
-
-def _standard_error(value: float, n: int) -> float:
-    """``sqrt(v (1 - v) / n)``: a score's standard error on ``n`` rows (``inf`` without rows)."""
-    return math.sqrt(max(value * (1.0 - value), 0.0) / n) if n > 0 else math.inf
 
 
 def _stop_on_repeats(limit: int = MAX_REPEATS):
