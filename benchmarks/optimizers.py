@@ -298,8 +298,12 @@ def _targets(task: str, cells: list[dict[str, Any]]) -> list[str]:
             group = [c for c in ours_all if c["calls"] == budget]
             score = 100 * mean(group, "test")
             per = ", ".join(f"{100 * c['test']:.1f}" for c in sorted(group, key=lambda c: c["seed"]))
+            first = [c for c in group if c["seed"] in (0, 1, 2)]
+            also = (f"; seeds 0-2 alone {100 * mean(first, 'test'):.1f}, the others alone "
+                    f"{100 * mean([c for c in group if c not in first], 'test'):.1f}"
+                    if first and len(first) < len(group) else "")
             out.append(f"- {LABELS[side]} at budget {budget}: {score:.1f}% test (seeds {sorted(c['seed'] for c in group)}: "
-                       f"{per}; target >= 78%: {'met' if score >= 78 else 'NOT met'})")
+                       f"{per}{also}; target >= 78%: {'met' if score >= 78 else 'NOT met'})")
     return [*out, ""] if len(out) > 2 else []
 
 
