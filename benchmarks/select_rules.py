@@ -53,7 +53,7 @@ import dspy  # noqa: E402
 
 import autoprompt  # noqa: E402
 from autoprompt._parallel import lm_concurrency, ordered_map  # noqa: E402
-from autoprompt.evaluate import run_one  # noqa: E402
+from autoprompt.evaluate import evaluate_program, run_one  # noqa: E402
 from autoprompt.lms import build_lm  # noqa: E402
 from autoprompt.store import atomic_write, dump_json  # noqa: E402
 from autoprompt.task import stratified_sample  # noqa: E402
@@ -157,7 +157,11 @@ def score_trials(path: Path, cell: dict[str, Any], which: str, test: bool = Fals
 
 
 def _scores(program: dspy.Module, task: Any, rows: list) -> list[float]:
-    answers = ordered_map(lambda ex: run_one(program, ex), rows, lm_concurrency())
+    """Per-row scores of ``program`` on ``rows`` (held-out rows are no split, so not ``evaluate_program``; an
+    LM failure scores 0 as there, and every row failing stops the script)."""
+    answers = list(ordered_map(lambda ex: run_one(program, ex), rows, lm_concurrency()))
+    if answers and all(failure not in (None, "parse") for _, failure in answers):
+        raise SystemExit(f"the LM failed on all {len(rows)} held-out rows; last: {answers[-1][1]}")
     return [float(task.score(ex, pred)) for ex, (pred, _failure) in zip(rows, answers)]
 
 
@@ -167,8 +171,8 @@ def _score_test(target: Path, study: Any, task: Any, cell: dict[str, Any]) -> No
 
     result = json.loads(target.read_text())
     program, _ = program_of_trial(study, task, result["trial"])
-    scores = _scores(program, task, task.examples("test", limit=cell["settings"]["test_limit"]))
-    result.update(test=statistics.mean(scores), test_n=len(scores), test_scores=scores)
+    test = evaluate_program(program, task, "test", limit=cell["settings"]["test_limit"], progress=False)
+    result.update(test=test.score, test_n=test.n, test_scores=[float(r["score"]) for r in test.records])
     atomic_write(target, dump_json(result))
     print(f"{cell['task']} c{cell['calls']} s{cell['seed']} trial {result['trial']}: test {100 * result['test']:.1f}",
           flush=True)
